@@ -1,0 +1,55 @@
+# Every target bootstraps what it needs: the virtual environment (.venv) is created and
+# refreshed when pyproject.toml changes; system packages (nginx, prometheus, chromium)
+# are installed with apt-get only when missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SYSTEM_PACKAGES := nginx-light prometheus chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test test-fast lint fmt system-deps venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+# System packages the end-to-end suites drive for real (never downloaded at run time).
+system-deps:
+	@missing=""; \
+	command -v nginx >/dev/null || missing="$$missing nginx-light"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:$$missing"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+## Run the main job on built-in defaults: mock provider + relay on loopback, a text turn and a tool turn.
+demo: $(STAMP) system-deps
+	$(BIN)/relay demo
+
+## The whole suite, end-to-end suites included.
+test: $(STAMP) system-deps
+	$(BIN)/python -m pytest
+
+## The fast suites only (no real nginx / Prometheus / browser).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check service tests
+	$(BIN)/ruff format --check service tests
+	$(BIN)/mypy
+
+fmt: $(STAMP)
+	$(BIN)/ruff format service tests
+	$(BIN)/ruff check --fix service tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info artifacts
