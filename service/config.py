@@ -102,8 +102,15 @@ class Settings:
         return settings
 
     def _validate(self) -> None:
-        positive = ("heartbeat_interval", "max_queued_bytes", "client_stall_timeout",
-                    "stream_deadline", "max_request_bytes", "max_event_bytes", "progress_interval")
+        positive = (
+            "heartbeat_interval",
+            "max_queued_bytes",
+            "client_stall_timeout",
+            "stream_deadline",
+            "max_request_bytes",
+            "max_event_bytes",
+            "progress_interval",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"RELAY_{name.upper()} must be > 0")
@@ -128,12 +135,10 @@ def _parse(name: str, raw: str, hint: Any) -> Any:
             return float(raw)
         if origin is frozenset:
             return frozenset(p.strip() for p in raw.split(",") if p.strip())
-        if origin is Literal:
-            if raw not in args:
-                raise ValueError(f"expected one of {', '.join(args)}")
-            return raw
     except ValueError as exc:
         raise ConfigError(f"{name}={raw!r}: {exc}") from None
+    if origin is Literal and raw not in args:
+        raise ConfigError(f"{name}={raw!r}: expected one of {', '.join(args)}")
     return raw
 
 

@@ -76,10 +76,11 @@ class StreamTimings:
         if not self.start:
             self.start = self.clock()
 
-    def mark_byte(self) -> None:
-        """Record that bytes arrived (first call only counts)."""
+    def mark_byte(self) -> float:
+        """Record that bytes arrived (first call only counts); returns the first byte's time."""
         if self.first_byte is None:
             self.first_byte = self.clock()
+        return self.first_byte
 
     def mark_progress(self) -> None:
         """Record a visible progress signal (progress event, thinking text, ping of phase)."""

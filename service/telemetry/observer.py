@@ -7,6 +7,8 @@ content event on the hot path.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -55,6 +57,12 @@ class StreamObserver(Protocol):
         """W3C ``traceparent`` of the stream span, for the response header."""
         ...
 
+    def activate(self) -> AbstractContextManager[None]:
+        """Make the stream span current inside the calling task (the upstream reader enters it
+        around the upstream request so the httpx span is the stream span's child). Never held
+        across a ``yield``."""
+        ...
+
     def retry(self, attempt: int, reason: str, delay: float) -> None: ...
 
     def first_byte(self, ttfb: float) -> None: ...
@@ -65,7 +73,9 @@ class StreamObserver(Protocol):
         """A content delta; ``gap`` is the ITL since the previous one (None for the first)."""
         ...
 
-    def block_stopped(self, block_type: str, tool_name: str | None, input_bytes: int | None) -> None: ...
+    def block_stopped(
+        self, block_type: str, tool_name: str | None, input_bytes: int | None
+    ) -> None: ...
 
     def progress(self, phase: str, elapsed: float) -> None: ...
 
@@ -103,6 +113,9 @@ class NullObserver:
     def traceparent(self) -> str | None:
         return None
 
+    def activate(self) -> AbstractContextManager[None]:
+        return _nothing()
+
     def retry(self, attempt: int, reason: str, delay: float) -> None:
         pass
 
@@ -115,7 +128,9 @@ class NullObserver:
     def delta(self, gap: float | None) -> None:
         pass
 
-    def block_stopped(self, block_type: str, tool_name: str | None, input_bytes: int | None) -> None:
+    def block_stopped(
+        self, block_type: str, tool_name: str | None, input_bytes: int | None
+    ) -> None:
         pass
 
     def progress(self, phase: str, elapsed: float) -> None:
@@ -138,3 +153,8 @@ class NullObserver:
 
     def finished(self, result: StreamResult) -> None:
         pass
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield

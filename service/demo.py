@@ -1,0 +1,134 @@
+"""``relay demo``: the main job on built-in defaults.
+
+Starts the simulated provider and the relay as real processes on loopback, streams a text
+turn and a tool-call turn through the relay, prints what the client measured beside what
+the relay measured, and writes the figures to ``<report_dir>/demo.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+from service.chat import format_figures
+from service.client import RelayClient, TurnResult
+
+__all__ = ["free_port", "run_demo", "spawn_service"]
+
+
+def free_port(preferred: int | None = None) -> int:
+    """``preferred`` when it is free on 127.0.0.1, else any free port."""
+    for port in ([preferred] if preferred else []) + [0]:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            chosen: int = sock.getsockname()[1]
+            return chosen
+    raise RuntimeError("no free port")
+
+
+@contextmanager
+def spawn_service(
+    args: list[str], env: Mapping[str, str], health_url: str, log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``relay <args>`` until the block ends; waits for ``health_url`` to answer."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(  # noqa: S603 - our own console entry point
+            [sys.executable, "-m", "service.cli", *args],
+            env={**os.environ, **env},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_healthy(proc, health_url)
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_healthy(proc: subprocess.Popen[bytes], url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: process exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not become healthy in {timeout:.0f} s")
+
+
+def _turn_body(model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
+    return {
+        "model": model,
+        "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": prompt}],
+    }
+
+
+async def _turns(relay_url: str) -> list[tuple[str, TurnResult]]:
+    results = []
+    async with RelayClient(relay_url) as client:
+        print("\n== text turn (mock-text, 60 tokens) ==")
+        text = await client.stream_turn(
+            _turn_body("mock-text", "Tell me about stream relays.", 60),
+            on_text=lambda t: print(t, end="", flush=True),
+        )
+        print("\n" + format_figures(text))
+        results.append(("text", text))
+        print("\n== tool-call turn (mock-tool_use) ==")
+        tool = await client.stream_turn(
+            _turn_body("mock-tool_use", "What's the weather in San Francisco?", 200),
+            on_text=lambda t: print(t, end="", flush=True),
+            on_tool=lambda p: print(
+                f"\n[tool {p.tool_name}] {json.dumps(p.input, ensure_ascii=False)}"
+                f"\n  tool_input.parsed tool={p.tool_name} fragments={p.fragments} "
+                f"bytes={p.bytes} parse_attempts={p.parse_attempts}"
+            ),
+        )
+        print("\n" + format_figures(tool))
+        results.append(("tool_use", tool))
+    return results
+
+
+def run_demo(report_dir: str = "artifacts/demo") -> int:
+    """Run the demo; returns the exit code."""
+    out = Path(report_dir)
+    mock_port, relay_port = free_port(8100), free_port(8000)
+    mock_url, relay_url = f"http://127.0.0.1:{mock_port}", f"http://127.0.0.1:{relay_port}"
+    env = {"RELAY_LOG_FORMAT": "json", "RELAY_UPSTREAM_URL": mock_url}
+    print(f"mock provider on {mock_url}, relay on {relay_url} (logs in {out}/)")
+    with (
+        spawn_service(
+            ["mock", "--port", str(mock_port)], env, f"{mock_url}/healthz", out / "mock.log"
+        ),
+        spawn_service(
+            ["serve", "--port", str(relay_port)], env, f"{relay_url}/healthz", out / "relay.log"
+        ),
+    ):
+        results = anyio.run(_turns, relay_url)
+    report = {name: r.as_dict() for name, r in results}
+    (out / "demo.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nfigures written to {out / 'demo.json'}")
+    return 0

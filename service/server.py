@@ -1,0 +1,64 @@
+"""Running the relay and the mock under uvicorn, with a shutdown that ends streams cleanly."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from service.app import RelayState, create_app
+from service.config import Settings
+
+__all__ = ["RelayServer", "build_relay_app", "run_mock", "run_relay"]
+
+
+class RelayServer(uvicorn.Server):
+    """uvicorn server that stops in-flight streams (reason ``shutdown``) the moment a
+    shutdown signal arrives, so their clients get an error event and their upstreams
+    close while uvicorn still waits for the connections to finish."""
+
+    def __init__(self, config: uvicorn.Config, state: RelayState) -> None:
+        super().__init__(config)
+        self._state = state
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._state.registry.begin_shutdown()
+        super().handle_exit(sig, frame)
+
+
+def build_relay_app(settings: Settings, environ: Mapping[str, str]) -> Any:
+    """The relay app with telemetry configured from ``environ``."""
+    return create_app(settings)
+
+
+def run_relay(settings: Settings, environ: Mapping[str, str]) -> None:
+    """Serve the relay until SIGINT/SIGTERM."""
+    app = build_relay_app(settings, environ)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace) + 1,
+        lifespan="on",
+    )
+    RelayServer(config, app.state["relay"]).run()
+
+
+def run_mock(settings: Any) -> None:
+    """Serve the simulated provider until SIGINT/SIGTERM."""
+    from service.mock.app import create_mock_app
+
+    app = create_mock_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
+    uvicorn.Server(config).run()
