@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,12 +14,14 @@ import httpx
 import msgspec
 import structlog
 from litestar import Litestar, Request, Response, get, post
-from litestar.enums import MediaType
 from litestar.datastructures import State
+from litestar.enums import MediaType
 from litestar.exceptions import HTTPException
+from litestar.params import FromPath
 from litestar.response.base import ASGIResponse
 from litestar.types import ASGIApp
 
+from service.client.report import ClientReport, decode_report
 from service.config import Settings
 from service.errors import RequestError, UpstreamStatusError, error_body
 from service.relay import RelayStream
@@ -38,6 +40,10 @@ log = structlog.get_logger("relay")
 _ERROR_STATUS = {"overloaded_error": 529, "rate_limit_error": 429, "timeout_error": 504}
 
 
+ClientReportSink = Callable[[RelayStream, ClientReport], None]
+"""Receives client-observed timings (telemetry turns them into metrics)."""
+
+
 @dataclass(slots=True)
 class RelayState:
     """Everything the handlers share; one per app."""
@@ -49,6 +55,7 @@ class RelayState:
     observer_factory: StreamObserverFactory
     transport: httpx.AsyncBaseTransport | None = None
     client: httpx.AsyncClient | None = field(default=None)
+    client_report_sink: ClientReportSink | None = None
 
     def new_observer(self) -> StreamObserver:
         """An observer for a new stream."""
@@ -66,6 +73,7 @@ def create_app(
     transport: httpx.AsyncBaseTransport | None = None,
     plugins: list[Any] | None = None,
     extra_route_handlers: list[Any] | None = None,
+    client_report_sink: ClientReportSink | None = None,
 ) -> Litestar:
     """Build the relay app. ``transport`` overrides the upstream httpx transport."""
     settings = settings or Settings()
@@ -76,6 +84,7 @@ def create_app(
         policy=RetryPolicy.from_settings(settings),
         observer_factory=observer_factory or _null_observer_factory,
         transport=transport,
+        client_report_sink=client_report_sink,
     )
 
     @asynccontextmanager
@@ -102,6 +111,7 @@ def create_app(
             create_message,
             resume_stream,
             cancel_stream,
+            client_metrics,
             healthz,
             readyz,
             *(extra_route_handlers or []),
@@ -277,7 +287,7 @@ def _message_response(stream: RelayStream, extra_headers: Mapping[str, str]) -> 
 
 
 @get("/v1/streams/{stream_id:str}")
-async def resume_stream(request: Request[Any, Any, Any], stream_id: str) -> ASGIApp:
+async def resume_stream(request: Request[Any, Any, Any], stream_id: FromPath[str]) -> ASGIApp:
     """Resume a stream: replays what followed ``Last-Event-ID`` and continues live."""
     state = _relay(request)
     headers = _lower_headers(request)
@@ -310,7 +320,7 @@ def _cursor_from_last_event_id(stream_id: str, last_event_id: str | None) -> int
 
 
 @post("/v1/streams/{stream_id:str}/cancel", status_code=200)
-async def cancel_stream(request: Request[Any, Any, Any], stream_id: str) -> ASGIApp:
+async def cancel_stream(request: Request[Any, Any, Any], stream_id: FromPath[str]) -> ASGIApp:
     """Stop a stream and its upstream generation (for when a disconnect cannot propagate)."""
     state = _relay(request)
     client_key = _authenticate(state, _lower_headers(request))
@@ -329,6 +339,39 @@ async def cancel_stream(request: Request[Any, Any, Any], stream_id: str) -> ASGI
         "outcome": stream.outcome,
     }
     return _json_response(200, msgspec.json.encode(body))
+
+
+@post("/v1/streams/{stream_id:str}/client-metrics", status_code=202)
+async def client_metrics(request: Request[Any, Any, Any], stream_id: FromPath[str]) -> ASGIApp:
+    """Record what the client observed, so the upstream / relay / last-mile split shows."""
+    state = _relay(request)
+    client_key = _authenticate(state, _lower_headers(request))
+    stream = state.registry.get(stream_id)
+    if stream is None or stream.client_key_id != client_key:
+        raise RequestError(404, f"stream {stream_id} is unknown or expired", "not_found_error")
+    try:
+        report = decode_report(await request.body())
+    except ValueError as exc:
+        raise RequestError(400, f"client metrics: {exc}") from None
+    server_ttft = stream.timings.summary().ttft
+    last_mile = (
+        None
+        if report.ttft_ms is None or server_ttft is None
+        else round(report.ttft_ms - server_ttft * 1000, 3)
+    )
+    log.info(
+        "client.metrics",
+        stream_id=stream_id,
+        client_ttft_ms=report.ttft_ms,
+        server_ttft_ms=None if server_ttft is None else round(server_ttft * 1000, 3),
+        last_mile_ms=last_mile,
+        client=report.client,
+    )
+    if state.client_report_sink is not None:
+        state.client_report_sink(stream, report)
+    return _json_response(
+        202, msgspec.json.encode({"id": stream_id, "status": "recorded", "last_mile_ms": last_mile})
+    )
 
 
 @get("/healthz")

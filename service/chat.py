@@ -80,9 +80,14 @@ async def run_chat(options: ChatOptions, out: TextIO = sys.stdout) -> int:
         if not options.as_json:
             out.write("\n" + _tool_line(parsed) + "\n")
 
+    def on_notice(message: str) -> None:
+        print(f"\n[relay chat] {message}", file=sys.stderr)
+
     async with RelayClient(options.url, api_key=options.api_key) as client:
         try:
-            result = await client.stream_turn(_body(options), on_text=on_text, on_tool=on_tool)
+            result = await client.stream_turn(
+                _body(options), on_text=on_text, on_tool=on_tool, on_notice=on_notice
+            )
         except RelayStreamError as exc:
             print(
                 f"\nrelay chat: {exc.error_type}: {exc} (retryable={exc.retryable}, "

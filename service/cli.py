@@ -58,7 +58,14 @@ def _chat(args: argparse.Namespace) -> int:
         as_json=args.json,
         api_key=args.api_key or os.environ.get("RELAY_CLIENT_API_KEY"),
     )
-    return anyio.run(run_chat, options)
+    try:
+        return anyio.run(run_chat, options)
+    except KeyboardInterrupt:
+        # The client already asked the relay to cancel the stream (see RelayClient).
+        print(
+            "\nrelay chat: cancelled; the relay was asked to stop the generation", file=sys.stderr
+        )
+        return 130
 
 
 def _demo(args: argparse.Namespace) -> int:

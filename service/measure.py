@@ -47,6 +47,17 @@ class TimingSummary:
     content_deltas: int
     output_tokens: int | None
 
+    def as_ms_dict(self) -> dict[str, float | int | None]:
+        """Durations in milliseconds under ``<name>_ms`` keys (wire formats, reports)."""
+        out: dict[str, float | int | None] = {}
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if name in ("content_deltas", "output_tokens"):
+                out[name] = value
+            else:
+                out[f"{name}_ms"] = None if value is None else round(value * 1000, 3)
+        return out
+
     def as_dict(self) -> dict[str, float | int | None]:
         """Plain mapping, seconds rounded to microseconds, for JSON and log lines."""
         out: dict[str, float | int | None] = {}

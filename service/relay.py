@@ -32,6 +32,7 @@ from service.events import (
     MessageDelta,
     MessageStart,
     MessageStop,
+    ServerToolUseBlock,
     StreamEvent,
     TextDelta,
     ThinkingBlock,
@@ -343,13 +344,12 @@ class RelayStream:
 
     def _account_block_stop(self, index: int) -> None:
         block = self.accumulator.message.content[index]
-        block_type = getattr(block, "type", type(block).__name__)
-        if isinstance(block, ToolUseBlock):
+        if isinstance(block, ToolUseBlock | ServerToolUseBlock):
             parsed = self._last_tool_input
             size = parsed.bytes if parsed is not None and parsed.index == index else None
-            self.observer.block_stopped(block_type, block.name, size)
+            self.observer.block_stopped(block.type, block.name, size)
         else:
-            self.observer.block_stopped(block_type, None, None)
+            self.observer.block_stopped(block.type, None, None)
 
     def _tool_input_parsed(self, parsed: ToolInputParsed) -> None:
         self._last_tool_input = parsed
@@ -475,12 +475,7 @@ class RelayStream:
             "type": "relay_metrics",
             "stream_id": self.id,
             "outcome": self.outcome,
-            "server": {
-                (f"{k}_ms" if isinstance(v, float) else k): (
-                    round(v * 1000, 3) if isinstance(v, float) else v
-                )
-                for k, v in summary.as_dict().items()
-            },
+            "server": summary.as_ms_dict(),
             "usage": {
                 "input_tokens": self.accumulator.input_tokens,
                 "output_tokens": self.accumulator.output_tokens,

@@ -8,10 +8,12 @@ view to ``POST /v1/streams/{id}/client-metrics`` so the relay can show the last-
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import httpx
 import msgspec
 
@@ -24,6 +26,12 @@ __all__ = ["RelayClient", "RelayStreamError", "TurnResult"]
 
 TextCallback = Callable[[str], None]
 ToolCallback = Callable[[ToolInputParsed], None]
+NoticeCallback = Callable[[str], None]
+
+
+def _notify(callback: NoticeCallback | None, message: str) -> None:
+    if callback is not None:
+        callback(message)
 
 
 class RelayStreamError(Exception):
@@ -92,6 +100,8 @@ class RelayClient:
         timeout: float = 600.0,
         transport: httpx.AsyncBaseTransport | None = None,
         report_metrics: bool = True,
+        max_resumes: int = 3,
+        max_turn_retries: int = 2,
     ) -> None:
         headers = {"anthropic-version": "2023-06-01"}
         if api_key:
@@ -103,6 +113,8 @@ class RelayClient:
             timeout=httpx.Timeout(timeout, connect=10.0),
         )
         self._report_metrics = report_metrics
+        self._max_resumes = max_resumes
+        self._max_turn_retries = max_turn_retries
 
     async def __aenter__(self) -> RelayClient:
         return self
@@ -121,30 +133,133 @@ class RelayClient:
         headers: Mapping[str, str] | None = None,
         on_text: TextCallback | None = None,
         on_tool: ToolCallback | None = None,
+        on_notice: NoticeCallback | None = None,
     ) -> TurnResult:
-        """Send ``body`` with ``stream: true`` and consume the whole answer."""
-        consumer = _TurnConsumer(on_text=on_text, on_tool=on_tool)
+        """Send ``body`` with ``stream: true`` and consume the whole answer.
+
+        A dropped connection is resumed from the last event id (no duplicate, no gap). When
+        resuming is impossible and the error is retryable, the partial answer is discarded,
+        ``on_notice`` is told, and the whole turn is sent again under a new idempotency key.
+        Non-retryable errors raise :class:`RelayStreamError` at once. If the caller is
+        cancelled (Ctrl-C), the relay is asked to cancel the stream before re-raising.
+        """
+        turn = 0
+        while True:
+            turn += 1
+            consumer = _TurnConsumer(on_text=on_text, on_tool=on_tool)
+            try:
+                return await self._stream_once(body, consumer, headers, on_notice)
+            except RelayStreamError as exc:
+                if not exc.retryable or turn > self._max_turn_retries:
+                    raise
+                delay = min(8.0, 0.5 * 2.0 ** (turn - 1))
+                _notify(
+                    on_notice,
+                    f"stream failed ({exc.reason or exc.error_type}): partial "
+                    f"answer discarded, retrying the whole turn in {delay:.1f} s",
+                )
+                await anyio.sleep(delay)
+
+    async def cancel(self, stream_id: str) -> None:
+        """Ask the relay to stop a stream and its upstream generation (best effort)."""
+        with contextlib.suppress(httpx.HTTPError):
+            await self._http.post(f"/v1/streams/{stream_id}/cancel", timeout=5.0)
+
+    async def _stream_once(
+        self,
+        body: Mapping[str, Any],
+        consumer: _TurnConsumer,
+        headers: Mapping[str, str] | None,
+        on_notice: NoticeCallback | None,
+    ) -> TurnResult:
+        # A fresh key per whole-turn attempt: a retry must never attach to the failed one.
+        request_headers = {
+            "content-type": "application/json",
+            "idempotency-key": f"turn-{uuid.uuid4().hex}",
+            **(headers or {}),
+        }
         payload = msgspec.json.encode({**body, "stream": True})
-        request = self._http.build_request(
-            "POST",
-            "/v1/messages",
-            content=payload,
-            headers={"content-type": "application/json", **(headers or {})},
-        )
         consumer.timings = StreamTimings()
-        response = await self._http.send(request, stream=True)
+        request = self._http.build_request(
+            "POST", "/v1/messages", content=payload, headers=request_headers
+        )
         try:
+            response = await self._send_first(request)
             consumer.stream_id = response.headers.get("x-relay-stream-id")
-            if response.status_code != 200:
-                raise _status_error(response.status_code, await response.aread())
-            async for chunk in response.aiter_bytes():
-                consumer.feed(chunk)
-        finally:
-            await response.aclose()
+            resumes = 0
+            while not await self._consume(response, consumer):
+                if consumer.stream_id is None or resumes >= self._max_resumes:
+                    raise RelayStreamError(
+                        "connection lost and cannot resume",
+                        error_type="api_error",
+                        retryable=True,
+                        partial=consumer.partial,
+                        reason="connection_lost",
+                    )
+                resumes += 1
+                _notify(on_notice, f"connection lost; resuming after {consumer.last_event_id}")
+                response = await self._resume(consumer)
+        except anyio.get_cancelled_exc_class():
+            if consumer.stream_id is not None:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    await self.cancel(consumer.stream_id)
+            raise
         result = consumer.result()
         if self._report_metrics and result.stream_id:
             await self._post_client_metrics(result)
         return result
+
+    async def _send_first(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise RelayStreamError(
+                f"cannot reach the relay: {exc}",
+                error_type="api_error",
+                retryable=True,
+                reason="connect_failed",
+            ) from None
+
+    async def _consume(self, response: httpx.Response, consumer: _TurnConsumer) -> bool:
+        """Feed one connection's body; True when the stream ended, False when it dropped."""
+        try:
+            if response.status_code != 200:
+                raise _status_error(response.status_code, await response.aread())
+            consumer.new_connection()
+            async for chunk in response.aiter_bytes():
+                consumer.feed(chunk)
+        except (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout):
+            return consumer.finished
+        finally:
+            await response.aclose()
+        return consumer.finished
+
+    async def _resume(self, consumer: _TurnConsumer) -> httpx.Response:
+        headers = {"last-event-id": consumer.last_event_id} if consumer.last_event_id else {}
+        request = self._http.build_request(
+            "GET", f"/v1/streams/{consumer.stream_id}", headers=headers
+        )
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise RelayStreamError(
+                f"resume failed: {exc}",
+                error_type="api_error",
+                retryable=True,
+                partial=consumer.partial,
+                reason="resume_failed",
+            ) from None
+        if response.status_code != 200:
+            await response.aclose()
+            raise RelayStreamError(
+                f"resume unavailable (HTTP {response.status_code})",
+                error_type="api_error",
+                status=response.status_code,
+                retryable=True,
+                partial=consumer.partial,
+                reason="resume_unavailable",
+            )
+        return response
 
     async def _post_client_metrics(self, result: TurnResult) -> None:
         timings = result.timings
@@ -190,16 +305,32 @@ class _TurnConsumer:
         self.server_metrics: dict[str, Any] | None = None
         self.events = 0
         self.arrivals: list[float] = []
+        self.last_event_id: str | None = None
         self._decoder = SSEDecoder()
         self._on_text = on_text
         self._on_tool = on_tool
         self._accumulator = MessageAccumulator(on_tool_input=on_tool)
 
+    @property
+    def finished(self) -> bool:
+        """``message_stop`` was received."""
+        return self._accumulator.finished
+
+    @property
+    def partial(self) -> bool:
+        """Content was already received."""
+        return self.timings.content_deltas > 0
+
+    def new_connection(self) -> None:
+        """A new connection (first or resumed): partial bytes of the old one are dropped."""
+        self._decoder = SSEDecoder()
+
     def feed(self, chunk: bytes) -> None:
-        if self.timings.first_byte is None:
-            self.timings.mark_byte()
+        self.timings.mark_byte()
         for sse in self._decoder.feed(chunk):
             self.events += 1
+            if sse.id is not None:
+                self.last_event_id = sse.id
             if sse.event.startswith("relay_"):
                 self._relay_event(sse.event, sse.data)
                 continue
