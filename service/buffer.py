@@ -41,6 +41,8 @@ class FrameBuffer:
         self._first_seq = 0
         self._dropped_bytes = 0  # bytes of frames trimmed from the front
         self._appended_bytes = 0
+        self.peak_pending_bytes = 0
+        """Highest pending byte count seen (the queue's high-water mark)."""
         self._closed = False
         self._cursors: dict[int, int] = {}
         self._floor = 0  # lowest cursor; kept after the last writer left
@@ -85,6 +87,9 @@ class FrameBuffer:
         self._ends.append(self._appended_bytes)
         if self._on_pending_change is not None:
             self._on_pending_change(len(frame))
+        pending = self.pending_bytes
+        if pending > self.peak_pending_bytes:
+            self.peak_pending_bytes = pending
         self._trim()
         self._wake_writers()
         return seq

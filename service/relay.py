@@ -481,6 +481,8 @@ class RelayStream:
                 "output_tokens": self.accumulator.output_tokens,
             },
         }
+        if self.buffer is not None:
+            metrics["queue_peak_bytes"] = self.buffer.peak_pending_bytes
         if self.request.timing_probe:
             metrics["send_offsets_ms"] = [round(t * 1000, 3) for t in self._send_offsets]
         self._append_event("relay_metrics", metrics)

@@ -13,10 +13,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-import anyio
 import httpx
 import pytest
 from structlog.testing import capture_logs
@@ -84,11 +83,11 @@ def aborted_line(logs: list[dict[str, Any]], stream_id: str) -> dict[str, Any]:
     return line
 
 
-async def _read_deltas(lines: AsyncIterator[str], count: int) -> list[str]:
+def _read_deltas(lines: Iterator[str], count: int) -> list[str]:
     """Read raw SSE lines until ``count`` content deltas went by."""
     seen: list[str] = []
     deltas = 0
-    async for line in lines:
+    for line in lines:
         seen.append(line)
         if line.startswith("event: content_block_delta"):
             deltas += 1
@@ -97,28 +96,30 @@ async def _read_deltas(lines: AsyncIterator[str], count: int) -> list[str]:
     return seen
 
 
-@pytest.mark.anyio
-async def test_client_disconnect_stops_the_upstream(mock_url: str) -> None:
+def test_client_disconnect_stops_the_upstream(mock_url: str) -> None:
     with capture_logs() as logs, _relay(mock_url) as relay:
-        async with httpx.AsyncClient() as client:
-            async with client.stream("POST", f"{relay}/v1/messages", json=LONG_TEXT) as resp:
-                stream_id = resp.headers["x-relay-stream-id"]
-                await _read_deltas(resp.aiter_lines(), 20)
-            # Leaving the block closes the TCP connection mid-stream.
+        with (
+            httpx.Client() as client,
+            client.stream("POST", f"{relay}/v1/messages", json=LONG_TEXT) as resp,
+        ):
+            stream_id = resp.headers["x-relay-stream-id"]
+            _read_deltas(resp.iter_lines(), 20)
+        # Leaving the block closes the TCP connection mid-stream.
         assert_aborted_and_frozen(mock_url, stream_id)
         assert aborted_line(logs, stream_id)["reason"] == "client_disconnected"
 
 
-@pytest.mark.anyio
-async def test_cancel_endpoint_stops_the_upstream_and_tells_the_client(mock_url: str) -> None:
+def test_cancel_endpoint_stops_the_upstream_and_tells_the_client(mock_url: str) -> None:
     with capture_logs() as logs, _relay(mock_url) as relay:
-        async with httpx.AsyncClient(timeout=10) as client:
-            async with client.stream("POST", f"{relay}/v1/messages", json=LONG_TEXT) as resp:
-                stream_id = resp.headers["x-relay-stream-id"]
-                lines = resp.aiter_lines()
-                await _read_deltas(lines, 10)
-                cancel = await client.post(f"{relay}/v1/streams/{stream_id}/cancel")
-                rest = [line async for line in lines]
+        with (
+            httpx.Client(timeout=10) as client,
+            client.stream("POST", f"{relay}/v1/messages", json=LONG_TEXT) as resp,
+        ):
+            stream_id = resp.headers["x-relay-stream-id"]
+            lines = resp.iter_lines()
+            _read_deltas(lines, 10)
+            cancel = client.post(f"{relay}/v1/streams/{stream_id}/cancel")
+            rest = list(lines)
         assert cancel.status_code == 200
         assert cancel.json()["status"] == "cancelled"
         errors = [
@@ -136,36 +137,35 @@ async def test_cancel_endpoint_stops_the_upstream_and_tells_the_client(mock_url:
         assert httpx.post(f"{relay}/v1/streams/rs_unknown/cancel").status_code == 404
 
 
-@pytest.mark.anyio
-async def test_cancel_requires_the_owners_key(mock_url: str) -> None:
+def test_cancel_requires_the_owners_key(mock_url: str) -> None:
     keys = frozenset({"key-a", "key-b"})
-    with _relay(mock_url, api_keys=keys) as relay:
-        async with httpx.AsyncClient(timeout=10) as client:
-            async with client.stream(
-                "POST", f"{relay}/v1/messages", json=LONG_TEXT, headers={"x-api-key": "key-a"}
-            ) as resp:
-                stream_id = resp.headers["x-relay-stream-id"]
-                await _read_deltas(resp.aiter_lines(), 3)
-                anonymous = await client.post(f"{relay}/v1/streams/{stream_id}/cancel")
-                other = await client.post(
-                    f"{relay}/v1/streams/{stream_id}/cancel", headers={"x-api-key": "key-b"}
-                )
-                owner = await client.post(
-                    f"{relay}/v1/streams/{stream_id}/cancel",
-                    headers={"authorization": "Bearer key-a"},
-                )
+    with (
+        _relay(mock_url, api_keys=keys) as relay,
+        httpx.Client(timeout=10) as client,
+        client.stream(
+            "POST", f"{relay}/v1/messages", json=LONG_TEXT, headers={"x-api-key": "key-a"}
+        ) as resp,
+    ):
+        stream_id = resp.headers["x-relay-stream-id"]
+        _read_deltas(resp.iter_lines(), 3)
+        anonymous = client.post(f"{relay}/v1/streams/{stream_id}/cancel")
+        other = client.post(
+            f"{relay}/v1/streams/{stream_id}/cancel", headers={"x-api-key": "key-b"}
+        )
+        owner = client.post(
+            f"{relay}/v1/streams/{stream_id}/cancel",
+            headers={"authorization": "Bearer key-a"},
+        )
     assert anonymous.status_code == 401
     assert other.status_code == 404, "another tenant cannot even see the stream"
     assert owner.status_code == 200
 
 
-@pytest.mark.anyio
-async def test_deadline_stops_the_upstream(mock_url: str) -> None:
+def test_deadline_stops_the_upstream(mock_url: str) -> None:
     with capture_logs() as logs, _relay(mock_url, stream_deadline=1.0) as relay:
-        async with httpx.AsyncClient(timeout=10) as client:
-            async with client.stream("POST", f"{relay}/v1/messages", json=LONG_TEXT) as resp:
-                stream_id = resp.headers["x-relay-stream-id"]
-                body = (await resp.aread()).decode()
+        response = httpx.post(f"{relay}/v1/messages", json=LONG_TEXT, timeout=10)
+        stream_id = response.headers["x-relay-stream-id"]
+        body = response.text
         assert '"reason":"deadline"' in body
         assert_aborted_and_frozen(mock_url, stream_id)
         assert aborted_line(logs, stream_id)["reason"] == "deadline"
@@ -200,9 +200,9 @@ def test_slow_client_is_cut_and_the_upstream_stops(mock_url: str) -> None:
 def test_upstream_read_stall_ends_with_a_retryable_partial_error(mock_url: str) -> None:
     stall = {**LONG_TEXT, "mock": {"scenario": "stall", "fail_after": 5, "stall_ms": 60000}}
     with _relay(mock_url, upstream_read_timeout=0.5) as relay:
-        with httpx.Client(timeout=30) as client:
-            body = client.post(f"{relay}/v1/messages", json=stall).text
-            stream_id = body.split("id: ")[1].split(":")[0]
+        response = httpx.post(f"{relay}/v1/messages", json=stall, timeout=30)
+        stream_id = response.headers["x-relay-stream-id"]
+        body = response.text
     error = next(
         json.loads(line[6:])
         for line in body.splitlines()
@@ -299,21 +299,22 @@ def test_ctrl_c_in_relay_chat_stops_the_upstream(mock_url: str) -> None:
         assert aborted_line(logs, stream_id)["reason"] == "cancelled"
 
 
-@pytest.mark.anyio
-async def test_resumable_stream_survives_a_disconnect_for_the_grace_then_stops(
+def test_resumable_stream_survives_a_disconnect_for_the_grace_then_stops(
     mock_url: str,
 ) -> None:
     with capture_logs() as logs, _relay(mock_url, resume_grace=1.0) as relay:
-        async with httpx.AsyncClient(timeout=10) as client:
-            async with client.stream(
+        with (
+            httpx.Client(timeout=10) as client,
+            client.stream(
                 "POST",
                 f"{relay}/v1/messages",
                 json=LONG_TEXT,
                 headers={"idempotency-key": "grace-1"},
-            ) as resp:
-                stream_id = resp.headers["x-relay-stream-id"]
-                await _read_deltas(resp.aiter_lines(), 5)
-        await anyio.sleep(0.3)
+            ) as resp,
+        ):
+            stream_id = resp.headers["x-relay-stream-id"]
+            _read_deltas(resp.iter_lines(), 5)
+        time.sleep(0.3)
         assert generation(mock_url, stream_id)["state"] == "streaming", (
             "within the grace the generation waits for a resume"
         )
