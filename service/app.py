@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import httpx
 import msgspec
 import structlog
@@ -29,7 +30,9 @@ from service.request import RelayRequest, parse_request
 from service.responder import StreamResponder
 from service.retry import RetryPolicy
 from service.streams import StreamRegistry, key_id
-from service.telemetry.observer import NullObserver, StreamObserver, StreamObserverFactory
+from service.telemetry.metrics import RelayMetrics
+from service.telemetry.observer import StreamObserver, StreamObserverFactory
+from service.telemetry.setup import Telemetry
 from service.upstream.anthropic import AnthropicUpstream
 from service.upstream.base import UpstreamAdapter
 
@@ -56,35 +59,37 @@ class RelayState:
     transport: httpx.AsyncBaseTransport | None = None
     client: httpx.AsyncClient | None = field(default=None)
     client_report_sink: ClientReportSink | None = None
+    metrics: RelayMetrics | None = None
 
     def new_observer(self) -> StreamObserver:
         """An observer for a new stream."""
         return self.observer_factory()
 
 
-def _null_observer_factory() -> StreamObserver:
-    return NullObserver()
-
-
 def create_app(
     settings: Settings | None = None,
     *,
+    telemetry: Telemetry | None = None,
     observer_factory: StreamObserverFactory | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
-    plugins: list[Any] | None = None,
-    extra_route_handlers: list[Any] | None = None,
-    client_report_sink: ClientReportSink | None = None,
 ) -> Litestar:
-    """Build the relay app. ``transport`` overrides the upstream httpx transport."""
+    """Build the relay app.
+
+    ``telemetry`` defaults to tracing without exporters and a fresh metrics registry;
+    ``observer_factory`` replaces its per-stream observer (tests); ``transport`` replaces the
+    upstream httpx transport.
+    """
     settings = settings or Settings()
+    telemetry = telemetry or Telemetry.from_environ({})
     state = RelayState(
         settings=settings,
         registry=StreamRegistry(ttl=settings.replay_ttl),
         adapter=AnthropicUpstream(settings),
         policy=RetryPolicy.from_settings(settings),
-        observer_factory=observer_factory or _null_observer_factory,
+        observer_factory=observer_factory or telemetry.observer_factory,
         transport=transport,
-        client_report_sink=client_report_sink,
+        client_report_sink=telemetry.record_client_report,
+        metrics=telemetry.metrics,
     )
 
     @asynccontextmanager
@@ -99,12 +104,14 @@ def create_app(
             ),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
         )
+        telemetry.instrument(state.client)
         try:
             yield
         finally:
             with anyio.CancelScope(shield=True):
                 await _drain(state)
                 await state.client.aclose()
+                await anyio.to_thread.run_sync(telemetry.shutdown)
 
     return Litestar(
         route_handlers=[
@@ -114,7 +121,7 @@ def create_app(
             client_metrics,
             healthz,
             readyz,
-            *(extra_route_handlers or []),
+            metrics_endpoint,
         ],
         lifespan=[lifespan],
         state=State({"relay": state}),
@@ -124,7 +131,8 @@ def create_app(
             Exception: _internal_error,
         },
         request_max_body_size=settings.max_request_bytes,
-        plugins=plugins or [],
+        plugins=telemetry.plugins(),
+        logging_config=None,
         openapi_config=None,
     )
 
@@ -153,8 +161,15 @@ def _json_response(
     )
 
 
-def _error_response(status: int, error_type: str, message: str) -> Response[bytes]:
-    return Response(error_body(error_type, message), status_code=status, media_type=MediaType.JSON)
+def _error_response(
+    status: int, error_type: str, message: str, headers: Mapping[str, str] | None = None
+) -> Response[bytes]:
+    return Response(
+        error_body(error_type, message),
+        status_code=status,
+        media_type=MediaType.JSON,
+        headers=dict(headers or {}),
+    )
 
 
 def _request_error(_: Request[Any, Any, Any], exc: RequestError) -> Response[bytes]:
@@ -168,7 +183,8 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes
         error = RequestError(404, "not found: no such route", "not_found_error")
     elif status == 413:
         error = RequestError(413, "request body exceeds the relay's limit", "request_too_large")
-    return _request_error(_, error)
+    # Keep the exception's own headers (``Allow`` on 405).
+    return _error_response(error.status, error.error_type, error.message, exc.headers)
 
 
 def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
@@ -351,6 +367,8 @@ async def client_metrics(request: Request[Any, Any, Any], stream_id: FromPath[st
         raise RequestError(404, f"stream {stream_id} is unknown or expired", "not_found_error")
     try:
         report = decode_report(await request.body())
+        if state.client_report_sink is not None:
+            state.client_report_sink(stream, report)
     except ValueError as exc:
         raise RequestError(400, f"client metrics: {exc}") from None
     server_ttft = stream.timings.summary().ttft
@@ -372,6 +390,15 @@ async def client_metrics(request: Request[Any, Any, Any], stream_id: FromPath[st
     return _json_response(
         202, msgspec.json.encode({"id": stream_id, "status": "recorded", "last_mile_ms": last_mile})
     )
+
+
+@get("/metrics")
+async def metrics_endpoint(request: Request[Any, Any, Any]) -> ASGIApp:
+    """Prometheus exposition; OpenMetrics (with exemplars) when the scraper asks for it."""
+    state = _relay(request)
+    assert state.metrics is not None
+    body, content_type = state.metrics.render(request.headers.get("accept"))
+    return ASGIResponse(body=body, status_code=200, media_type=content_type)
 
 
 @get("/healthz")

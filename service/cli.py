@@ -6,6 +6,7 @@ Every ``serve``/``mock`` flag is also a ``RELAY_*`` (``RELAY_MOCK_*``) variable;
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -28,11 +29,14 @@ def _serve(args: argparse.Namespace) -> int:
     if args.upstream is not None:
         overrides["upstream_url"] = args.upstream
     settings = Settings.from_environ(os.environ, **overrides)
-    run_relay(settings, environ=os.environ)
+    # uvicorn re-raises the SIGINT it handled; the graceful shutdown already ran.
+    with contextlib.suppress(KeyboardInterrupt):
+        run_relay(settings, environ=os.environ)
     return 0
 
 
 def _mock(args: argparse.Namespace) -> int:
+    from service.config import Settings
     from service.mock.settings import MockSettings
     from service.server import run_mock
 
@@ -42,7 +46,10 @@ def _mock(args: argparse.Namespace) -> int:
     if args.port is not None:
         overrides["port"] = args.port
     settings = MockSettings.from_environ(os.environ, **overrides)
-    run_mock(settings)
+    # The mock shares the relay's log switches (validated the same way).
+    shared = {k: v for k, v in os.environ.items() if k in ("RELAY_LOG_FORMAT", "RELAY_LOG_LEVEL")}
+    with contextlib.suppress(KeyboardInterrupt):  # as in _serve
+        run_mock(settings, Settings.from_environ(shared).log_format)
     return 0
 
 

@@ -114,6 +114,7 @@ class RelayStream:
         self._orphaned = anyio.Event()
         self._adopted = anyio.Event()
         self._last_tool_input: ToolInputParsed | None = None
+        self._attempt_started = 0.0
         self._id_bytes = stream_id.encode()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -145,6 +146,11 @@ class RelayStream:
             self._stop_requested_at = time.perf_counter()
             self.observer.cancelled(reason)
             self._scope.cancel()
+
+    @property
+    def provider(self) -> str:
+        """``gen_ai.provider.name`` of the upstream."""
+        return self._adapter.provider
 
     @property
     def stop_reason(self) -> str | None:
@@ -231,6 +237,7 @@ class RelayStream:
 
     async def _attempt(self) -> None:
         self._phase = "connecting"
+        self._attempt_started = time.perf_counter()
         request = self._adapter.build_request(
             self._client,
             self.request.body,
@@ -267,10 +274,16 @@ class RelayStream:
                 self.observer.first_byte(self.timings.mark_byte() - self.timings.start)
             for frame in decoder.feed(chunk):
                 self._account(frame.event)
+                # The provider generated content: a retry would bill it again (and, when
+                # streaming, repeat what the client has). Never retry from here on.
+                self._forwarded = True
                 self._forward(frame)
             if self.buffer is not None and not self.buffer.writable():
                 await self._wait_for_client()
-        decoder.close()
+        for frame in decoder.close():
+            self._account(frame.event)
+            self._forwarded = True
+            self._forward(frame)
         if self.outcome != "completed":
             raise UpstreamError(
                 "upstream closed the stream before message_stop",
@@ -334,6 +347,7 @@ class RelayStream:
         now = self.timings.mark_delta(is_text=isinstance(delta, TextDelta))
         if first:
             self.observer.first_token(now - self.timings.start)
+            self.observer.upstream_first_token(now - self._attempt_started)
             self.observer.delta(None)
         else:
             assert previous is not None
@@ -368,7 +382,6 @@ class RelayStream:
     def _forward(self, frame: UpstreamFrame) -> None:
         if self.buffer is None:
             return
-        self._forwarded = True
         seq = self.buffer.next_seq
         data = b"%sid: %s:%d\n\n" % (frame.raw, self._id_bytes, seq)
         self.buffer.append(data)

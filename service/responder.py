@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterable
 
 import anyio
-
 from litestar.types import Receive, Scope, Send
 
 from service.buffer import ReplayGoneError

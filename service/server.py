@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import FrameType
-from typing import Any
 
 import uvicorn
+from litestar import Litestar
 
 from service.app import RelayState, create_app
-from service.config import Settings
+from service.config import LogFormat, Settings
+from service.mock.app import create_mock_app
+from service.mock.settings import MockSettings
+from service.telemetry.logging import configure_logging
+from service.telemetry.setup import Telemetry
 
 __all__ = ["RelayServer", "build_relay_app", "run_mock", "run_relay"]
 
@@ -28,13 +32,14 @@ class RelayServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def build_relay_app(settings: Settings, environ: Mapping[str, str]) -> Any:
-    """The relay app with telemetry configured from ``environ``."""
-    return create_app(settings)
+def build_relay_app(settings: Settings, environ: Mapping[str, str]) -> Litestar:
+    """The relay app with telemetry configured from ``environ`` (``OTEL_*``)."""
+    return create_app(settings, telemetry=Telemetry.from_environ(environ))
 
 
 def run_relay(settings: Settings, environ: Mapping[str, str]) -> None:
     """Serve the relay until SIGINT/SIGTERM."""
+    configure_logging(settings.log_format, settings.log_level)
     app = build_relay_app(settings, environ)
     config = uvicorn.Config(
         app,
@@ -48,10 +53,9 @@ def run_relay(settings: Settings, environ: Mapping[str, str]) -> None:
     RelayServer(config, app.state["relay"]).run()
 
 
-def run_mock(settings: Any) -> None:
+def run_mock(settings: MockSettings, log_format: LogFormat = "auto") -> None:
     """Serve the simulated provider until SIGINT/SIGTERM."""
-    from service.mock.app import create_mock_app
-
+    configure_logging(log_format, "info")
     app = create_mock_app(settings)
     config = uvicorn.Config(
         app,

@@ -270,6 +270,7 @@ class RelayClient:
             "tpot_ms": _ms(timings.tpot),
             "total_ms": _ms(timings.total),
             "content_deltas": timings.content_deltas,
+            "client": "python",
         }
         # Reporting is best effort: a missing report must never fail the user's turn.
         with contextlib.suppress(httpx.HTTPError):

@@ -69,6 +69,10 @@ class StreamObserver(Protocol):
 
     def first_token(self, ttft: float) -> None: ...
 
+    def upstream_first_token(self, seconds: float) -> None:
+        """The relay as a client: final upstream attempt's request -> first content delta."""
+        ...
+
     def delta(self, gap: float | None) -> None:
         """A content delta; ``gap`` is the ITL since the previous one (None for the first)."""
         ...
@@ -123,6 +127,9 @@ class NullObserver:
         pass
 
     def first_token(self, ttft: float) -> None:
+        pass
+
+    def upstream_first_token(self, seconds: float) -> None:
         pass
 
     def delta(self, gap: float | None) -> None:

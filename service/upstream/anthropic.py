@@ -12,7 +12,7 @@ from service.config import Settings
 from service.errors import UpstreamProtocolError, UpstreamStatusError, error_type_for_status
 from service.events import EventDecodeError, decode_event
 from service.retry import RETRYABLE_STATUSES, parse_retry_after
-from service.sse import SSEDecodeError, SSEDecoder
+from service.sse import ServerSentEvent, SSEDecodeError, SSEDecoder
 from service.upstream.base import UpstreamFrame, strip_terminator
 
 __all__ = ["AnthropicDecoder", "AnthropicUpstream"]
@@ -33,19 +33,24 @@ class AnthropicDecoder:
             events = self._sse.feed(chunk)
         except SSEDecodeError as exc:
             raise UpstreamProtocolError(f"upstream SSE: {exc}") from exc
-        frames = []
-        for sse in events:
-            try:
-                event = decode_event(sse.data)
-            except EventDecodeError as exc:
-                raise UpstreamProtocolError(f"upstream event {sse.event!r}: {exc}") from exc
-            frames.append(UpstreamFrame(strip_terminator(sse.raw), event))
-        return frames
+        return [self._frame(sse) for sse in events]
 
     def close(self) -> list[UpstreamFrame]:
-        """End of the upstream body; an unterminated last event is dropped by the decoder."""
-        self._sse.close()
-        return []
+        """End of the upstream body. An unterminated last event is dropped; an event whose
+        blank line ended in the body's very last CR is complete and returned."""
+        try:
+            events = self._sse.close()
+        except SSEDecodeError as exc:
+            raise UpstreamProtocolError(f"upstream SSE: {exc}") from exc
+        return [self._frame(sse) for sse in events]
+
+    @staticmethod
+    def _frame(sse: ServerSentEvent) -> UpstreamFrame:
+        try:
+            event = decode_event(sse.data)
+        except EventDecodeError as exc:
+            raise UpstreamProtocolError(f"upstream event {sse.event!r}: {exc}") from exc
+        return UpstreamFrame(strip_terminator(sse.raw), event)
 
 
 class AnthropicUpstream:

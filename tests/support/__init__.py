@@ -1,0 +1,1 @@
+"""Reusable helpers for the test suites (real servers on loopback)."""
