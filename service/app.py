@@ -19,6 +19,7 @@ from litestar.datastructures import State
 from litestar.enums import MediaType
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
+from litestar.static_files import create_static_files_router
 from litestar.response.base import ASGIResponse
 from litestar.types import ASGIApp
 
@@ -33,7 +34,8 @@ from service.streams import StreamRegistry, key_id
 from service.telemetry.metrics import RelayMetrics
 from service.telemetry.observer import StreamObserver, StreamObserverFactory
 from service.telemetry.setup import Telemetry
-from service.upstream.anthropic import AnthropicUpstream
+from service.upstream.factory import make_adapter
+from service.web import WEB_DIR
 from service.upstream.base import UpstreamAdapter
 
 __all__ = ["RelayState", "create_app"]
@@ -84,7 +86,7 @@ def create_app(
     state = RelayState(
         settings=settings,
         registry=StreamRegistry(ttl=settings.replay_ttl),
-        adapter=AnthropicUpstream(settings),
+        adapter=make_adapter(settings),
         policy=RetryPolicy.from_settings(settings),
         observer_factory=observer_factory or telemetry.observer_factory,
         transport=transport,
@@ -122,6 +124,9 @@ def create_app(
             healthz,
             readyz,
             metrics_endpoint,
+            create_static_files_router(
+                path="/", directories=[WEB_DIR], html_mode=True, name="web", include_in_schema=False
+            ),
         ],
         lifespan=[lifespan],
         state=State({"relay": state}),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -81,9 +82,16 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(report_dir=args.report_dir)
 
 
+# Modules that add their own subcommands: each has ``register(subparsers)`` that adds a
+# parser with ``func`` set to ``(args) -> exit code``. Imported lazily, only to build the parser.
+_COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relay", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
 
     serve = sub.add_parser("serve", help="run the relay (RELAY_* variables configure it)")
     serve.add_argument("--host", help="listen address (RELAY_HOST, default 127.0.0.1)")
