@@ -115,6 +115,7 @@ class RelayStream:
         self._adopted = anyio.Event()
         self._last_tool_input: ToolInputParsed | None = None
         self._attempt_started = 0.0
+        self._sending = False
         self._id_bytes = stream_id.encode()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -212,6 +213,7 @@ class RelayStream:
             try:
                 await self._attempt()
             except UpstreamError as exc:
+                self._sending = False
                 if self._forwarded or not exc.retryable:
                     raise
                 retry_after = exc.retry_after if isinstance(exc, UpstreamStatusError) else None
@@ -246,8 +248,12 @@ class RelayStream:
             self.id,
         )
         try:
+            # A stop while the request is in flight aborts it too (the provider may have
+            # started generating before its headers reach us).
+            self._sending = True
             with self.observer.activate():
                 self._response = await self._client.send(request, stream=True)
+            self._sending = False
             if self._response.status_code >= 300:
                 body = await self._read_error_body(self._response)
                 raise self._adapter.status_error(self._response, body)
@@ -440,7 +446,7 @@ class RelayStream:
             await response.aclose()
 
     async def _finalise(self) -> None:
-        was_open = self._response is not None and not self._response.is_closed
+        was_open = self._sending or (self._response is not None and not self._response.is_closed)
         await self._close_response()
         if self._stop_reason is not None:
             self.outcome = self._stop_reason

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -320,3 +322,39 @@ def test_resumable_stream_survives_a_disconnect_for_the_grace_then_stops(
         )
         assert_aborted_and_frozen(mock_url, stream_id)
         assert aborted_line(logs, stream_id)["reason"] == "client_disconnected"
+
+
+def test_cancel_before_the_upstream_answered_closes_its_connection() -> None:
+    """A provider that accepted the request but has not sent headers yet (it may already be
+    generating): the cancel still closes the connection, and the abort is logged."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    closed = threading.Event()
+
+    def silent_provider() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            while conn.recv(65536):  # read the request, never answer; b"" means closed
+                pass
+        closed.set()
+
+    thread = threading.Thread(target=silent_provider, daemon=True)
+    thread.start()
+    upstream = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        with capture_logs() as logs, _relay(upstream) as relay:
+            with (
+                httpx.Client(timeout=10) as client,
+                client.stream("POST", f"{relay}/v1/messages", json=LONG_TEXT) as resp,
+            ):
+                stream_id = resp.headers["x-relay-stream-id"]
+                next(resp.iter_raw())  # the opening frame, flushed before any upstream byte
+                cancel = client.post(f"{relay}/v1/streams/{stream_id}/cancel")
+            assert cancel.json()["outcome"] == "cancelled"
+            assert closed.wait(5), "the provider's connection must be closed"
+            lines = [e for e in logs if e.get("event") == "upstream.aborted"]
+            assert [(e["reason"], e["tokens_at_abort"]) for e in lines] == [("cancelled", 0)]
+    finally:
+        listener.close()
+        thread.join(5)
