@@ -19,8 +19,8 @@ from litestar.datastructures import State
 from litestar.enums import MediaType
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
-from litestar.static_files import create_static_files_router
 from litestar.response.base import ASGIResponse
+from litestar.static_files import create_static_files_router
 from litestar.types import ASGIApp
 
 from service.client.report import ClientReport, decode_report
@@ -34,9 +34,9 @@ from service.streams import StreamRegistry, key_id
 from service.telemetry.metrics import RelayMetrics
 from service.telemetry.observer import StreamObserver, StreamObserverFactory
 from service.telemetry.setup import Telemetry
+from service.upstream.base import UpstreamAdapter
 from service.upstream.factory import make_adapter
 from service.web import WEB_DIR
-from service.upstream.base import UpstreamAdapter
 
 __all__ = ["RelayState", "create_app"]
 
