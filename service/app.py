@@ -124,8 +124,11 @@ def create_app(
             healthz,
             readyz,
             metrics_endpoint,
+            chat_page,
+            # Assets live under /web/ so the catch-all file route never shadows API paths
+            # (a POST to an unknown route must stay a 404, not a 405).
             create_static_files_router(
-                path="/", directories=[WEB_DIR], html_mode=True, name="web", include_in_schema=False
+                path="/web", directories=[WEB_DIR], name="web", include_in_schema=False
             ),
         ],
         lifespan=[lifespan],
@@ -404,6 +407,13 @@ async def metrics_endpoint(request: Request[Any, Any, Any]) -> ASGIApp:
     assert state.metrics is not None
     body, content_type = state.metrics.render(request.headers.get("accept"))
     return ASGIResponse(body=body, status_code=200, media_type=content_type)
+
+
+@get("/", include_in_schema=False)
+async def chat_page() -> ASGIApp:
+    """The browser chat page (its modules are under ``/web/``)."""
+    body = await anyio.Path(WEB_DIR / "index.html").read_bytes()
+    return ASGIResponse(body=body, status_code=200, media_type="text/html; charset=utf-8")
 
 
 @get("/healthz")
