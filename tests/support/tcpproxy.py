@@ -32,8 +32,19 @@ class CuttableProxy:
             raise RuntimeError("proxy did not start")
 
     def stop(self) -> None:
+        """Close the listener, cancel and await every pipe, then end the loop's thread."""
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        current = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def cut(self) -> None:
         """Reset all current connections (new ones still go through). Thread-safe."""
@@ -60,8 +71,10 @@ class CuttableProxy:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._started.set()
-        self._loop.run_forever()
-        self._server.close()
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
