@@ -51,9 +51,11 @@ __all__ = ["STOP_REASONS", "RelayStream"]
 log = structlog.get_logger("relay")
 
 STOP_REASONS = frozenset(
-    {"client_disconnected", "cancelled", "slow_client", "deadline", "shutdown"}
+    {"client_disconnected", "cancelled", "slow_client", "deadline", "shutdown", "interrupted"}
 )
-"""Reasons a stream is stopped from outside the upstream (each closes the upstream)."""
+"""Reasons a stream is stopped from outside the upstream (each closes the upstream).
+``interrupted``: the task running the stream was cancelled by something other than
+:meth:`RelayStream.stop` (uvicorn cancelling requests when its graceful shutdown timed out)."""
 
 _RETRYABLE_ERROR_TYPES = frozenset(
     {"overloaded_error", "api_error", "rate_limit_error", "timeout_error"}
@@ -193,6 +195,12 @@ class RelayStream:
                         tg.cancel_scope.cancel()
                 if deadline.cancelled_caught:
                     self.stop("deadline")
+        except anyio.get_cancelled_exc_class():
+            if self._stop_reason is None:
+                self._stop_reason = "interrupted"
+                self._stop_requested_at = time.perf_counter()
+                self.observer.cancelled("interrupted")
+            raise
         finally:
             with anyio.CancelScope(shield=True):
                 await self._finalise()
