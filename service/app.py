@@ -393,8 +393,6 @@ async def client_metrics(request: Request[Any, Any, Any], stream_id: FromPath[st
         last_mile_ms=last_mile,
         client=report.client,
     )
-    if state.client_report_sink is not None:
-        state.client_report_sink(stream, report)
     return _json_response(
         202, msgspec.json.encode({"id": stream_id, "status": "recorded", "last_mile_ms": last_mile})
     )
@@ -413,7 +411,7 @@ async def metrics_endpoint(request: Request[Any, Any, Any]) -> ASGIApp:
 async def chat_page() -> ASGIApp:
     """The browser chat page (its modules are under ``/web/``)."""
     body = await anyio.Path(WEB_DIR / "index.html").read_bytes()
-    return ASGIResponse(body=body, status_code=200, media_type="text/html; charset=utf-8")
+    return ASGIResponse(body=body, status_code=200, media_type="text/html")
 
 
 @get("/healthz")

@@ -103,7 +103,9 @@ class RelayClient:
         max_resumes: int = 3,
         max_turn_retries: int = 2,
     ) -> None:
-        headers = {"anthropic-version": "2023-06-01"}
+        # Opt in to relay_progress before message_start: perceived latency then counts the
+        # relay's progress signal, not only the first thinking or text delta.
+        headers = {"anthropic-version": "2023-06-01", "x-relay-events": "all"}
         if api_key:
             headers["x-api-key"] = api_key
         self._http = httpx.AsyncClient(

@@ -105,13 +105,14 @@ export class SSEParser {
       if (text[0] === LF) pos = 1;
     }
     const n = text.length;
+    // Next LF / CR positions, searched again only once passed: one scan per chunk.
+    let lf = text.indexOf(LF, pos);
+    let cr = text.indexOf(CR, pos);
     while (pos < n) {
-      const lf = text.indexOf(LF, pos);
-      const cr = text.indexOf(CR, pos);
-      let end;
+      if (lf !== -1 && lf < pos) lf = text.indexOf(LF, pos);
+      if (cr !== -1 && cr < pos) cr = text.indexOf(CR, pos);
       if (lf === -1 && cr === -1) break;
-      if (cr === -1 || (lf !== -1 && lf < cr)) end = lf;
-      else end = cr;
+      const end = cr === -1 || (lf !== -1 && lf < cr) ? lf : cr;
       const line = this._tail + text.slice(pos, end);
       this._tail = "";
       pos = end + 1;
