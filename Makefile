@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SYSTEM_PACKAGES := nginx-light prometheus chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast lint fmt system-deps venv clean
+.PHONY: demo test test-fast lint fmt system-deps venv clean stack dashboards
 
 venv: $(STAMP)
 
@@ -33,6 +33,16 @@ system-deps:
 ## Run the main job on built-in defaults: mock provider + relay on loopback, a text turn and a tool turn.
 demo: $(STAMP) system-deps
 	$(BIN)/relay demo
+
+## The stack as local processes: mock, relay, nginx :8080 (streaming) / :8081 (buffering),
+## Prometheus :9090, and the Collector when a build with an OTLP receiver is found.
+## Grafana and Tempo are not packaged here: use `docker compose up` for the full stack.
+stack: $(STAMP) system-deps
+	$(BIN)/relay stack
+
+## Regenerate dashboards/*.json from service/dashboards/ (`relay dashboards --check` in tests).
+dashboards: $(STAMP)
+	$(BIN)/relay dashboards
 
 ## The whole suite, end-to-end suites included.
 test: $(STAMP) system-deps

@@ -79,12 +79,14 @@ def _chat(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from service.demo import run_demo
 
-    return run_demo(report_dir=args.report_dir)
+    return run_demo(report_dir=args.report_dir, think_ms=args.think_s * 1000)
 
 
 # Modules that add their own subcommands: each has ``register(subparsers)`` that adds a
 # parser with ``func`` set to ``(args) -> exit code``. Imported lazily, only to build the parser.
-_COMMAND_MODULES: tuple[str, ...] = ()
+_COMMAND_MODULES: tuple[str, ...] = ("service.stack", "service.dashboards")
+# Modules adding a subcommand to ``relay bench`` through ``add_bench_command(subparsers)``.
+_BENCH_MODULES: tuple[str, ...] = ("service.bench.overhead",)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,6 +94,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in _COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    bench = sub.add_parser("bench", help="benchmarks on real processes (see runbook/)")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    for name in _BENCH_MODULES:
+        importlib.import_module(name).add_bench_command(bench_sub)
 
     serve = sub.add_parser("serve", help="run the relay (RELAY_* variables configure it)")
     serve.add_argument("--host", help="listen address (RELAY_HOST, default 127.0.0.1)")
@@ -118,6 +124,12 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="mock + relay on loopback, a text and a tool turn")
     demo.add_argument("--report-dir", default="artifacts/demo")
+    demo.add_argument(
+        "--think-s",
+        type=float,
+        default=10.0,
+        help="thinking phase of the reasoning turn (10-60 s is realistic)",
+    )
     demo.set_defaults(func=_demo)
     return parser
 

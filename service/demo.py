@@ -1,8 +1,9 @@
 """``relay demo``: the main job on built-in defaults.
 
 Starts the simulated provider and the relay as real processes on loopback, streams a text
-turn and a tool-call turn through the relay, prints what the client measured beside what
-the relay measured, and writes the figures to ``<report_dir>/demo.json``.
+turn, a tool-call turn and a reasoning turn (a thinking phase before the answer: perceived
+latency against TTFT) through the relay, prints what the client measured beside what the
+relay measured, and writes the figures to ``<report_dir>/demo.json``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import httpx
 
 from service.chat import format_figures
 from service.client import RelayClient, TurnResult
+from service.reasoning_demo import run_reasoning_turn
 
 __all__ = ["free_port", "run_demo", "spawn_service"]
 
@@ -112,7 +114,7 @@ async def _turns(relay_url: str) -> list[tuple[str, TurnResult]]:
     return results
 
 
-def run_demo(report_dir: str = "artifacts/demo") -> int:
+def run_demo(report_dir: str = "artifacts/demo", think_ms: float = 10_000) -> int:
     """Run the demo; returns the exit code."""
     out = Path(report_dir)
     mock_port, relay_port = free_port(8100), free_port(8000)
@@ -128,7 +130,10 @@ def run_demo(report_dir: str = "artifacts/demo") -> int:
         ),
     ):
         results = anyio.run(_turns, relay_url)
-    report = {name: r.as_dict() for name, r in results}
+        print(f"\n== reasoning turn (mock-reasoning, thinking {think_ms / 1000:.0f} s) ==")
+        reasoning = run_reasoning_turn(relay_url, think_ms)
+    report: dict[str, Any] = {name: r.as_dict() for name, r in results}
+    report["reasoning"] = reasoning
     (out / "demo.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nfigures written to {out / 'demo.json'}")
     return 0

@@ -16,7 +16,8 @@ import httpx
 import structlog
 from opentelemetry import trace
 
-from service.telemetry.metrics import RelayMetrics, exemplar_from_traceparent
+from service.telemetry.metrics import MetricsConfig, RelayMetrics, exemplar_from_traceparent
+from service.telemetry.observer import NullObserver, StreamObserverFactory
 from service.telemetry.stream import TelemetryObserverFactory
 from service.telemetry.tracing import (
     instrument_httpx_client,
@@ -41,8 +42,10 @@ class Telemetry:
     """Source of the server, stream and upstream spans."""
     metrics: RelayMetrics
     """The Prometheus metrics served on ``/metrics``."""
-    observer_factory: TelemetryObserverFactory
+    observer_factory: StreamObserverFactory
     """Makes the per-stream observer (span + metrics + canonical log line)."""
+    enabled: bool = True
+    """False only for :meth:`disabled`: no server or upstream spans, no per-stream telemetry."""
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Telemetry:
@@ -60,16 +63,34 @@ class Telemetry:
         )
         return cls(tracer_provider=provider, metrics=metrics, observer_factory=factory)
 
+    @classmethod
+    def disabled(cls) -> Telemetry:
+        """Telemetry off: the baseline of the overhead benchmark (``relay bench overhead``).
+
+        A no-op tracer provider, a :class:`NullObserver` per stream, no Litestar plugin (no
+        server spans, no middleware), no httpx instrumentation, client reports ignored.
+        ``/metrics`` still answers, from a registry nothing observes into.
+        """
+        return cls(
+            tracer_provider=trace.NoOpTracerProvider(),
+            metrics=RelayMetrics(MetricsConfig(process_metrics=False)),
+            observer_factory=NullObserver,
+            enabled=False,
+        )
+
     def plugins(self) -> list[Any]:
         """Litestar plugins: server spans from Litestar's own OpenTelemetry plugin."""
-        return [litestar_otel_plugin(self.tracer_provider)]
+        return [litestar_otel_plugin(self.tracer_provider)] if self.enabled else []
 
     def instrument(self, client: httpx.AsyncClient) -> None:
         """Client spans for the upstream requests."""
-        instrument_httpx_client(client, self.tracer_provider)
+        if self.enabled:
+            instrument_httpx_client(client, self.tracer_provider)
 
     def record_client_report(self, stream: RelayStream, report: ClientReport) -> None:
         """Client-observed timings (ms on the wire) into the client-side histograms."""
+        if not self.enabled:
+            return
         self.metrics.observe_client_report(
             _seconds(report.ttft_ms),
             _seconds(report.perceived_ms),
@@ -82,7 +103,8 @@ class Telemetry:
 
     def shutdown(self) -> None:
         """Finish abandoned streams, flush spans, release metric files (blocking)."""
-        self.observer_factory.reap()
+        if isinstance(self.observer_factory, TelemetryObserverFactory):
+            self.observer_factory.reap()
         self.metrics.close()
         shutdown_tracing(self.tracer_provider)
 
