@@ -1,5 +1,7 @@
-"""Benchmarks behind ``relay bench``: measured on real processes, reported in runbook/."""
+"""Benchmarks behind ``relay bench``, measured on real processes; results in runbook/.
 
-from service.bench.cancel import CancelBenchOptions, run_cancel_bench
+Each module adds its own subcommand with ``add_bench_command(bench_subparsers)``; nothing is
+imported here, so importing one benchmark never pulls in the others.
+"""
 
-__all__ = ["CancelBenchOptions", "run_cancel_bench"]
+__all__: list[str] = []
