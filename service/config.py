@@ -86,6 +86,10 @@ class Settings:
     """``json`` lines, ``console`` rendering, or ``auto`` (console on a terminal)."""
     log_level: str = "info"
     """Minimum log level."""
+    log_tool_input: bool = False
+    """Put each tool call's parsed input in its ``tool_input.parsed`` log line. Off by default:
+    tool arguments carry user and model content; the line then has the input's keys and a
+    SHA-256 of its canonical JSON, enough to match it against an expected object."""
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:

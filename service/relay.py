@@ -11,6 +11,7 @@ provider stops generating), terminal frames are written, and the observer is tol
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
@@ -46,7 +47,7 @@ from service.sse import encode_comment, encode_event
 from service.telemetry.observer import StreamInfo, StreamObserver, StreamResult
 from service.upstream.base import UpstreamAdapter, UpstreamFrame
 
-__all__ = ["STOP_REASONS", "RelayStream"]
+__all__ = ["STOP_REASONS", "RelayStream", "input_digest"]
 
 log = structlog.get_logger("relay")
 
@@ -62,6 +63,11 @@ _RETRYABLE_ERROR_TYPES = frozenset(
 )
 _MAX_TIMING_OFFSETS = 10_000
 _ERROR_BODY_LIMIT = 64 * 1024
+
+
+def input_digest(value: dict[str, Any]) -> str:
+    """SHA-256 of a tool input's canonical JSON (sorted keys), as logged."""
+    return hashlib.sha256(msgspec.json.encode(value, order="sorted")).hexdigest()
 
 
 class RelayStream:
@@ -381,6 +387,12 @@ class RelayStream:
 
     def _tool_input_parsed(self, parsed: ToolInputParsed) -> None:
         self._last_tool_input = parsed
+        content: dict[str, Any] = {
+            "input_keys": sorted(parsed.input),
+            "input_sha256": input_digest(parsed.input),
+        }
+        if self.settings.log_tool_input:
+            content["input"] = parsed.input
         log.info(
             "tool_input.parsed",
             stream_id=self.id,
@@ -388,7 +400,7 @@ class RelayStream:
             fragments=parsed.fragments,
             bytes=parsed.bytes,
             parse_attempts=parsed.parse_attempts,
-            input=parsed.input,
+            **content,
         )
 
     # -- frames --------------------------------------------------------------------------

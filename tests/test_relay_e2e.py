@@ -23,6 +23,7 @@ import structlog
 import service.accumulate
 from service.client import RelayClient
 from service.mock.scenarios import TOOL_INPUT
+from service.relay import input_digest
 from tests.support.stack import FAST_MOCK, Block, Recording, Stack, record_stream, relay_stack
 
 TOKENS = 40
@@ -237,10 +238,20 @@ def test_relay_logs_the_tool_input_it_parsed(stack: Stack) -> None:
     weather, clock = parsed
     assert weather["stream_id"] == stream_id
     assert weather["parse_attempts"] == 1
-    assert weather["input"] == TOOL_INPUT
+    # By default the content stays out of the log: keys and a digest identify the object.
+    assert "input" not in weather
+    assert weather["input_keys"] == sorted(TOOL_INPUT)
+    assert weather["input_sha256"] == input_digest(TOOL_INPUT)
     assert weather["fragments"] == 9
-    assert clock["input"] == {}
+    assert clock["input_sha256"] == input_digest({})
     assert clock["parse_attempts"] == 1
+
+
+def test_relay_logs_the_whole_tool_input_when_asked() -> None:
+    with relay_stack({"log_tool_input": True}) as stack, structlog.testing.capture_logs() as logs:
+        _relay(stack, _body("tool_use"))
+    parsed = [e for e in logs if e["event"] == "tool_input.parsed"]
+    assert [e["input"] for e in parsed] == [TOOL_INPUT, {}]
 
 
 @pytest.mark.anyio
