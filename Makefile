@@ -30,9 +30,11 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-## Run the main job on built-in defaults: mock provider + relay on loopback, a text turn and a tool turn.
+## Run the main job on built-in defaults: mock provider + relay on loopback (a text, a tool-call
+## and a reasoning turn), then the before/after capture through real nginx (artifacts/capture/).
 demo: $(STAMP) system-deps
 	$(BIN)/relay demo
+	$(BIN)/relay capture --out artifacts/capture
 
 ## The stack as local processes: mock, relay, nginx :8080 (streaming) / :8081 (buffering),
 ## Prometheus :9090, and the Collector when a build with an OTLP receiver is found.

@@ -144,16 +144,18 @@ def _joined(parts: list[str]) -> str:
 
 
 class _TextSlot(_Slot):
-    __slots__ = ("citations", "parts")
+    __slots__ = ("citations", "keep", "parts")
 
-    def __init__(self, block: TextBlock) -> None:
+    def __init__(self, block: TextBlock, *, keep: bool = True) -> None:
         super().__init__()
+        self.keep = keep
         self.parts = [block.text]
         self.citations = list(block.citations) if block.citations is not None else None
 
     def apply(self, delta: Delta) -> bool:
         if isinstance(delta, TextDelta):
-            self.parts.append(delta.text)
+            if self.keep:
+                self.parts.append(delta.text)
         elif isinstance(delta, CitationsDelta):
             self.citations = [*(self.citations or ()), delta.citation]
         else:
@@ -167,16 +169,18 @@ class _TextSlot(_Slot):
 
 
 class _ThinkingSlot(_Slot):
-    __slots__ = ("parts", "signature")
+    __slots__ = ("keep", "parts", "signature")
 
-    def __init__(self, block: ThinkingBlock) -> None:
+    def __init__(self, block: ThinkingBlock, *, keep: bool = True) -> None:
         super().__init__()
+        self.keep = keep
         self.parts = [block.thinking]
         self.signature = [block.signature]
 
     def apply(self, delta: Delta) -> bool:
         if isinstance(delta, ThinkingDelta):
-            self.parts.append(delta.thinking)
+            if self.keep:
+                self.parts.append(delta.thinking)
         elif isinstance(delta, SignatureDelta):
             self.signature.append(delta.signature)
         else:
@@ -252,11 +256,11 @@ class _StaticSlot(_Slot):
         return self.block
 
 
-def _make_slot(block: ContentBlock) -> _Slot:
+def _make_slot(block: ContentBlock, *, keep_text: bool = True) -> _Slot:
     if isinstance(block, TextBlock):
-        return _TextSlot(block)
+        return _TextSlot(block, keep=keep_text)
     if isinstance(block, ThinkingBlock):
-        return _ThinkingSlot(block)
+        return _ThinkingSlot(block, keep=keep_text)
     if isinstance(block, ToolUseBlock | ServerToolUseBlock):
         return _ToolSlot(block)
     return _StaticSlot(block)
@@ -272,10 +276,19 @@ class MessageAccumulator:
     :class:`UnknownEvent` (e.g. ``relay_*`` events) and :class:`OtherDelta` are ignored, at any
     point of the stream; an :class:`ErrorEvent` is recorded in :attr:`error`, never raised.
     ``on_tool_input`` is called once per tool block, at its stop, with the parse evidence.
+    ``keep_text=False`` validates text and thinking deltas without keeping them (their blocks
+    stay empty in :attr:`message`): a streaming relay forwards the bytes and only needs the
+    order checks, tool inputs and usage, so its memory must not grow with the answer.
     """
 
-    def __init__(self, *, on_tool_input: Callable[[ToolInputParsed], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        on_tool_input: Callable[[ToolInputParsed], None] | None = None,
+        keep_text: bool = True,
+    ) -> None:
         self._on_tool_input = on_tool_input
+        self._keep_text = keep_text
         self._start: Message | None = None
         self._usage: Usage | None = None
         self._slots: list[_Slot] = []
@@ -348,7 +361,7 @@ class MessageAccumulator:
                 f"content_block_start for index {index} skips index {expected} "
                 f"(the next block must be {expected})"
             )
-        self._slots.append(_make_slot(event.content_block))
+        self._slots.append(_make_slot(event.content_block, keep_text=self._keep_text))
 
     def _open_slot(self, index: int, what: str) -> _Slot:
         if index >= len(self._slots):

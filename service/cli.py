@@ -1,4 +1,4 @@
-"""``relay serve | mock | chat | demo``: the command line.
+"""``relay serve | mock | chat | demo | check | capture | stack | dashboards | bench``.
 
 Every ``serve``/``mock`` flag is also a ``RELAY_*`` (``RELAY_MOCK_*``) variable; a flag wins.
 """
@@ -84,9 +84,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 # Modules that add their own subcommands: each has ``register(subparsers)`` that adds a
 # parser with ``func`` set to ``(args) -> exit code``. Imported lazily, only to build the parser.
-_COMMAND_MODULES: tuple[str, ...] = ("service.stack", "service.dashboards")
+_COMMAND_MODULES: tuple[str, ...] = (
+    "service.probe",
+    "service.capture",
+    "service.stack",
+    "service.dashboards",
+)
 # Modules adding a subcommand to ``relay bench`` through ``add_bench_command(subparsers)``.
-_BENCH_MODULES: tuple[str, ...] = ("service.bench.overhead",)
+_BENCH_MODULES: tuple[str, ...] = ("service.bench.overhead", "service.bench.cancel")
 
 
 def _parser() -> argparse.ArgumentParser:

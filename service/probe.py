@@ -10,7 +10,7 @@ timelines go to :func:`service.check.analyze`.
 Exit status:
 
 - ``0`` streaming; ``1`` buffered or partially buffered (see :data:`service.check.EXIT_CODES`);
-- ``2`` usage error (argparse; never returned here);
+- ``2`` usage error: argparse's, or a URL that cannot be requested (no ``http://``);
 - ``3`` inconclusive: too short a probe, or the endpoint is not the relay (no
   ``relay_metrics`` with send offsets), so there is nothing to compare with;
 - ``4`` the probe itself failed: connection refused, timeout, a non-200 answer, a stream
@@ -19,8 +19,10 @@ Exit status:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Mapping
@@ -37,11 +39,13 @@ __all__ = [
     "DEFAULT_MOCK_TIMING",
     "EXIT_NOT_RELAY",
     "EXIT_PROBE_FAILED",
+    "EXIT_USAGE",
     "CheckOptions",
     "ProbeError",
     "ProbeResult",
     "probe",
     "probe_body",
+    "register",
     "run_check",
 ]
 
@@ -49,6 +53,8 @@ EXIT_NOT_RELAY = 3
 """Exit status when the endpoint is not the relay: inconclusive, nothing to compare with."""
 EXIT_PROBE_FAILED = 4
 """Exit status when the probe request failed (2 is argparse's usage error)."""
+EXIT_USAGE = 2
+"""Exit status for a URL that cannot be requested at all (a usage error, like argparse's)."""
 
 DEFAULT_MOCK_TIMING: Mapping[str, Any] = {"tpot_ms": 50, "ttft_ms": 300}
 """Body ``mock`` options for ``mock-*`` models: 40 tokens 50 ms apart spread over 2 s."""
@@ -73,6 +79,9 @@ class CheckOptions:
     """Print one JSON object instead of the text report."""
     timeout: float = 30.0
     """Seconds for connecting and for any silence while reading."""
+    accept_encoding: str | None = None
+    """``Accept-Encoding`` to send; ``None`` keeps httpx's default (gzip and friends, like a
+    browser); ``identity`` behaves like ``curl -N`` without ``--compressed``."""
     mock_options: Mapping[str, Any] | None = None
     """Body ``mock`` object; ``None`` means :data:`DEFAULT_MOCK_TIMING` for ``mock-*`` models."""
     thresholds: Thresholds = field(default_factory=Thresholds)
@@ -134,7 +143,8 @@ class ProbeError(Exception):
     def __init__(self, message: str, *, kind: str, exit_status: int = EXIT_PROBE_FAILED) -> None:
         super().__init__(message)
         self.kind = kind
-        """``connect``, ``timeout``, ``status``, ``cut``, ``stream_error`` or ``not_relay``."""
+        """``url``, ``connect``, ``timeout``, ``status``, ``cut``, ``stream_error`` or
+        ``not_relay``."""
         self.exit_status = exit_status
         """Exit status of ``relay check`` for this failure."""
 
@@ -168,10 +178,18 @@ def probe(options: CheckOptions) -> ProbeResult:
     }
     if options.api_key:
         headers["x-api-key"] = options.api_key
+    if options.accept_encoding is not None:
+        headers["accept-encoding"] = options.accept_encoding
     timeout = httpx.Timeout(options.timeout)
     try:
         with httpx.Client(timeout=timeout) as client:
             return _send(client, url, options, headers)
+    except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+        raise ProbeError(
+            f"{options.url!r} is not a usable URL ({exc}); give e.g. http://127.0.0.1:8000",
+            kind="url",
+            exit_status=EXIT_USAGE,
+        ) from None
     except httpx.ConnectError as exc:
         raise ProbeError(f"cannot connect to {url}: {exc}", kind="connect") from None
     except httpx.TimeoutException as exc:
@@ -338,3 +356,37 @@ def _print_failure(options: CheckOptions, exc: ProbeError, out: TextIO) -> None:
         return
     title = "INCONCLUSIVE" if exc.exit_status == EXIT_NOT_RELAY else "PROBE FAILED"
     out.write(f"relay check: {title}\n  {exc}\n")
+
+
+# --- command line ---------------------------------------------------------------------
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``relay check URL``."""
+    d = CheckOptions(url="")
+    parser = subparsers.add_parser(
+        "check",
+        help="probe URL (the relay, or a proxy in front of it): does the stream stream?"
+        " Exit 0 streaming, 1 buffered, 3 inconclusive or not the relay, 4 probe failed",
+    )
+    parser.add_argument("url", help="base URL; /v1/messages is appended")
+    parser.add_argument("--model", default=d.model, help="probe model (mock-* get a 2 s spread)")
+    parser.add_argument("--max-tokens", type=int, default=d.max_tokens, help="probe length")
+    parser.add_argument("--api-key", help="relay client key (RELAY_CLIENT_API_KEY)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--timeout", type=float, default=d.timeout, help="seconds to connect / of silence"
+    )
+    parser.set_defaults(func=_from_args)
+
+
+def _from_args(args: argparse.Namespace) -> int:
+    options = CheckOptions(
+        url=args.url,
+        model=args.model,
+        max_tokens=args.max_tokens,
+        api_key=args.api_key or os.environ.get("RELAY_CLIENT_API_KEY"),
+        as_json=args.json,
+        timeout=args.timeout,
+    )
+    return run_check(options)

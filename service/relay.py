@@ -91,7 +91,10 @@ class RelayStream:
         self.settings = settings
         self.resumable = request.idempotency_key is not None
         self.timings = StreamTimings()
-        self.accumulator = MessageAccumulator(on_tool_input=self._tool_input_parsed)
+        # A streaming relay forwards bytes: it keeps tool inputs and usage, never the text.
+        self.accumulator = MessageAccumulator(
+            on_tool_input=self._tool_input_parsed, keep_text=not request.streaming
+        )
         self.observer = observer
         self.buffer: FrameBuffer | None = (
             FrameBuffer(

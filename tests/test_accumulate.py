@@ -772,3 +772,38 @@ def test_callback_runs_at_stop_time() -> None:
     for event, expected in steps:
         acc.feed(event)
         assert seen_at == expected
+
+
+def test_keep_text_false_validates_without_keeping_text() -> None:
+    """The streaming relay's mode: order is still checked, tool input still parsed once,
+    usage still tracked, but text and thinking are not kept (memory must not grow)."""
+    events = [
+        MessageStart(message=Message(id="m", model="x", usage=Usage(input_tokens=3))),
+        ContentBlockStart(index=0, content_block=ThinkingBlock(thinking="")),
+        ContentBlockDelta(index=0, delta=ThinkingDelta(thinking="hmm")),
+        ContentBlockStop(index=0),
+        ContentBlockStart(index=1, content_block=TextBlock(text="")),
+        ContentBlockDelta(index=1, delta=TextDelta(text="a" * 10_000)),
+        ContentBlockStop(index=1),
+        ContentBlockStart(index=2, content_block=ToolUseBlock(id="t", name="f", input={})),
+        ContentBlockDelta(index=2, delta=InputJsonDelta(partial_json='{"k": 1}')),
+        ContentBlockStop(index=2),
+        MessageDelta(
+            delta=MessageDeltaBody(stop_reason="tool_use"), usage=MessageDeltaUsage(output_tokens=9)
+        ),
+        MessageStop(),
+    ]
+    accumulator = MessageAccumulator(keep_text=False)
+    for event in events:
+        accumulator.feed(event)
+    thinking, text, tool = accumulator.message.content
+    assert isinstance(thinking, ThinkingBlock)
+    assert thinking.thinking == ""
+    assert isinstance(text, TextBlock)
+    assert text.text == ""
+    assert isinstance(tool, ToolUseBlock)
+    assert tool.input == {"k": 1}
+    assert accumulator.output_tokens == 9
+    late = MessageAccumulator(keep_text=False)
+    with pytest.raises(AccumulationError):
+        late.feed(events[2])  # a delta before message_start is still refused

@@ -96,9 +96,17 @@ class NginxProcess:
 
 
 def nginx_binary() -> str:
-    """Path of the nginx binary: ``$NGINX_BIN``, ``nginx`` on PATH, or Debian's /usr/sbin."""
-    candidates = [os.environ.get("NGINX_BIN"), shutil.which("nginx"), "/usr/sbin/nginx"]
-    for candidate in candidates:
+    """Path of the nginx binary: ``$NGINX_BIN``, ``nginx`` on PATH, or Debian's /usr/sbin.
+
+    An ``NGINX_BIN`` that is set but not an executable file is an error (no silent fallback
+    to another nginx than the one asked for).
+    """
+    explicit = os.environ.get("NGINX_BIN")
+    if explicit:
+        if Path(explicit).is_file() and os.access(explicit, os.X_OK):
+            return explicit
+        raise NginxError(f"NGINX_BIN={explicit} is not an executable file")
+    for candidate in (shutil.which("nginx"), "/usr/sbin/nginx"):
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return candidate
     raise NginxError(

@@ -9,6 +9,7 @@ runs in a thread of the test process or as a subprocess.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -59,8 +60,8 @@ def assert_aborted_and_frozen(
 
 
 def aborted_line(
-    logs: list[dict[str, Any]], stream_id: str, *, min_tokens: int = 1
-) -> dict[str, Any]:
+    logs: Sequence[Mapping[str, Any]], stream_id: str, *, min_tokens: int = 1
+) -> Mapping[str, Any]:
     """The one ``upstream.aborted`` line for ``stream_id`` in captured structlog entries
     (with at least ``min_tokens`` tokens at abort)."""
     lines = [
