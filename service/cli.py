@@ -89,6 +89,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "service.capture",
     "service.stack",
     "service.dashboards",
+    "service.realmodel",
 )
 # Modules adding a subcommand to ``relay bench`` through ``add_bench_command(subparsers)``.
 _BENCH_MODULES: tuple[str, ...] = ("service.bench.overhead", "service.bench.cancel")

@@ -66,3 +66,19 @@ def test_the_chat_page_is_served_at_the_root_with_one_charset() -> None:
     assert page.headers["content-type"] == "text/html; charset=utf-8"
     assert "<html" in page.text
     assert missing.status_code == 404
+
+
+def test_a_request_the_openai_upstream_cannot_carry_is_a_plain_400() -> None:
+    """Refused before the stream starts: a status the SDK raises at once, not an error event
+    after a 200."""
+    body = {
+        "model": "mock-text",
+        "max_tokens": 5,
+        "stream": True,
+        "messages": [{"role": "robot", "content": "hi"}],
+    }
+    with relay_stack({"upstream_provider": "openai"}) as stack:
+        answer = httpx.post(f"{stack.relay_url}/v1/messages", json=body)
+    assert answer.status_code == 400
+    assert answer.headers["content-type"].startswith("application/json")
+    assert "unsupported role" in answer.json()["error"]["message"]

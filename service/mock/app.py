@@ -3,19 +3,22 @@
 Routes:
 
 - ``POST /v1/messages``: plays the selected scenario (see :mod:`service.mock.request`).
+- ``POST /v1/chat/completions``: the same scenarios on OpenAI's Chat Completions wire
+  (see :mod:`service.mock.openai_app`).
 - ``GET /mock/generations`` (``?relay_stream_id=``): the ledger, oldest first.
 - ``GET /mock/generations/{id}``: one generation (404 ``not_found_error`` if unknown).
 - ``DELETE /mock/generations``: forget generations and attempt counters (for tests).
 - ``GET /healthz``.
 
-Every error a client sees has Anthropic's shape; none carries a stack trace.
+Every error a client sees has Anthropic's shape (OpenAI's on ``/v1/chat/completions``); none
+carries a stack trace.
 """
 
 from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -29,9 +32,12 @@ from litestar.types import ASGIApp
 from service.mock import frames
 from service.mock.generation import ERROR_STATUS, GenerationApp, quiet_intentional_drops
 from service.mock.ledger import GenerationLedger, GenerationRecord
+from service.mock.openai_app import OpenAIWire
+from service.mock.openai_request import parse_chat_request
 from service.mock.request import MockRequest, MockRequestError, parse_request
-from service.mock.scenarios import build_script
+from service.mock.scenarios import Step, build_script
 from service.mock.settings import MockSettings
+from service.mock.wire import MockWire
 
 __all__ = ["create_mock_app"]
 
@@ -52,7 +58,17 @@ def create_mock_app(
             parsed = parse_request(await request.body(), request.headers)
         except MockRequestError as exc:
             return _error_response("invalid_request_error", str(exc))
-        return _start_generation(parsed, settings, ledger)
+        return _start_generation(parsed, settings, ledger, _ANTHROPIC)
+
+    @post("/v1/chat/completions", status_code=200)
+    async def create_chat_completion(request: Request[Any, Any, Any]) -> ASGIApp:
+        wire = OpenAIWire(include_usage=False)
+        try:
+            parsed = parse_chat_request(await request.body(), request.headers)
+        except MockRequestError as exc:
+            return wire.error_response("invalid_request_error", str(exc))
+        wire = OpenAIWire(include_usage=parsed.include_usage)
+        return _start_generation(parsed.request, settings, ledger, wire)
 
     @get("/mock/generations")
     async def list_generations(request: Request[Any, Any, Any]) -> list[GenerationRecord]:
@@ -78,6 +94,7 @@ def create_mock_app(
     return Litestar(
         route_handlers=[
             create_message,
+            create_chat_completion,
             list_generations,
             get_generation,
             reset_generations,
@@ -96,8 +113,30 @@ async def _lifespan(_app: Litestar) -> AsyncIterator[None]:
         yield
 
 
+class _AnthropicWire:
+    """The Messages API face of the mock (see :class:`~service.mock.wire.MockWire`)."""
+
+    def error_response(
+        self, error_type: str, message: str, headers: dict[str, str] | None = None
+    ) -> ASGIResponse:
+        return _error_response(error_type, message, headers)
+
+    def generation_app(
+        self,
+        *,
+        record: GenerationRecord,
+        script: Iterator[Step],
+        ledger: GenerationLedger,
+        headers: list[tuple[bytes, bytes]],
+    ) -> ASGIApp:
+        return GenerationApp(record=record, script=script, ledger=ledger, headers=headers)
+
+
+_ANTHROPIC: MockWire = _AnthropicWire()
+
+
 def _start_generation(
-    parsed: MockRequest, settings: MockSettings, ledger: GenerationLedger
+    parsed: MockRequest, settings: MockSettings, ledger: GenerationLedger, wire: MockWire
 ) -> ASGIApp:
     attempt = ledger.count_attempt(parsed.attempt_key)
     record = ledger.start(
@@ -113,12 +152,12 @@ def _start_generation(
     if rejection is not None:
         error_type, headers = rejection
         ledger.finish(record, "failed", error_type)
-        return _error_response(
+        return wire.error_response(
             error_type, _REJECTION_MESSAGE[error_type], {**headers, **mock_headers}
         )
     fail_times = parsed.options.fail_times
     inject = parsed.scenario in _FAILURE_SCENARIOS and (fail_times is None or attempt <= fail_times)
-    return GenerationApp(
+    return wire.generation_app(
         record=record,
         script=build_script(parsed, settings, record.id, inject_failure=inject),
         ledger=ledger,

@@ -64,6 +64,9 @@ class AnthropicUpstream:
         self._version = settings.anthropic_version
         self._max_event_bytes = settings.max_event_bytes
 
+    def check_request(self, body: Mapping[str, Any]) -> None:
+        """Every Messages request passes through as it is."""
+
     def build_request(
         self,
         client: httpx.AsyncClient,

@@ -38,6 +38,11 @@ class UpstreamAdapter(Protocol):
     provider: str
     """``gen_ai.provider.name`` of this upstream."""
 
+    def check_request(self, body: Mapping[str, Any]) -> None:
+        """Raise :class:`~service.errors.RequestError` (400) for a request this upstream
+        cannot carry, before any byte of the response is sent."""
+        ...
+
     def build_request(
         self,
         client: httpx.AsyncClient,
