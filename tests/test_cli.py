@@ -310,7 +310,7 @@ def test_a_bad_variable_is_a_configuration_error(command: str, variable: str) ->
 def test_demo_runs_to_completion_and_writes_its_report(tmp_path: Path) -> None:
     report_dir = tmp_path / "demo"
     result = subprocess.run(
-        _command("demo", "--report-dir", str(report_dir)),
+        _command("demo", "--report-dir", str(report_dir), "--think-s", "2"),
         cwd=ROOT,
         env=_env(),
         capture_output=True,
@@ -322,7 +322,12 @@ def test_demo_runs_to_completion_and_writes_its_report(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "tool_input.parsed tool=get_weather" in result.stdout
     report = json.loads((report_dir / "demo.json").read_text())
-    assert set(report) == {"text", "tool_use"}
+    assert set(report) == {"text", "tool_use", "reasoning"}
+    reasoning = report["reasoning"]
+    # The thinking state shows long before the answer: perceived latency < first answer token.
+    assert reasoning["ttft_minus_perceived_ms"] >= 0
+    assert reasoning["first_text_minus_perceived_ms"] > 1000
+    assert reasoning["statement"]
     text, tool = report["text"], report["tool_use"]
     assert text["text"]
     assert text["client"]["content_deltas"] == 60

@@ -349,7 +349,8 @@ def test_cancel_before_the_upstream_answered_closes_its_connection() -> None:
                 client.stream("POST", f"{relay}/v1/messages", json=LONG_TEXT) as resp,
             ):
                 stream_id = resp.headers["x-relay-stream-id"]
-                next(resp.iter_raw())  # the opening frame, flushed before any upstream byte
+                chunks = resp.iter_raw()  # keep a reference: a collected iterator closes
+                next(chunks)  # the opening frame, flushed before any upstream byte
                 cancel = client.post(f"{relay}/v1/streams/{stream_id}/cancel")
             assert cancel.json()["outcome"] == "cancelled"
             assert closed.wait(5), "the provider's connection must be closed"
