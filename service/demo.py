@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 
 from service.chat import format_figures
 from service.client import RelayClient, TurnResult
+from service.processes import http_ok, stop_process, wait_ready
 from service.reasoning_demo import run_reasoning_turn
 
 __all__ = ["free_port", "run_demo", "spawn_service"]
@@ -56,29 +56,12 @@ def spawn_service(
             stderr=subprocess.STDOUT,
         )
         try:
-            _wait_healthy(proc, health_url)
+            wait_ready(
+                proc, http_ok(health_url), name=" ".join(args[:1]), timeout=30.0, log_path=log_path
+            )
             yield proc
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _wait_healthy(proc: subprocess.Popen[bytes], url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: process exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not become healthy in {timeout:.0f} s")
+            stop_process(proc, signals=((signal.SIGTERM, 10.0),))
 
 
 def _turn_body(model: str, prompt: str, max_tokens: int) -> dict[str, Any]:

@@ -15,16 +15,16 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import yaml
+
+from service.processes import port_accepts, stop_process, wait_ready
 
 __all__ = [
     "COLLECTOR_CONFIG",
@@ -49,7 +49,6 @@ KINDS: Final = ("receivers", "processors", "exporters", "extensions", "connector
 _PACKAGED = "otelcol-contrib_linux_amd64"
 _START_TIMEOUT = 20.0
 _STOP_GRACE = 10.0
-_LOG_TAIL_LINES = 40
 
 Components = dict[str, set[str]]
 """Component kind -> component type names (``otlp``, ``batch`` ...)."""
@@ -149,10 +148,17 @@ def run_collector(
             start_new_session=True,
         )
     try:
-        _wait_listening(proc, ready_port, log_path)
+        wait_ready(
+            proc,
+            port_accepts(ready_port),
+            name="collector",
+            timeout=_START_TIMEOUT,
+            log_path=log_path,
+            error=CollectorError,
+        )
         yield CollectorProcess(pid=proc.pid, log=log_path)
     finally:
-        _stop(proc)
+        stop_process(proc, signals=((signal.SIGTERM, _STOP_GRACE),))
 
 
 def _run(
@@ -169,32 +175,3 @@ def _run(
     if check and result.returncode != 0:
         raise CollectorError(f"{' '.join(args)} failed:\n{result.stdout}{result.stderr}")
     return result
-
-
-def _tail(path: Path) -> str:
-    if not path.exists():
-        return f"(no log at {path})"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-_LOG_TAIL_LINES:])
-
-
-def _wait_listening(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
-    deadline = time.monotonic() + _START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise CollectorError(f"collector exited with {proc.returncode}:\n{_tail(log_path)}")
-        with suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return
-        time.sleep(0.1)
-    _stop(proc)
-    raise CollectorError(f"collector not listening on {port}:\n{_tail(log_path)}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        with suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=_STOP_GRACE)
-    if proc.poll() is None:
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=_STOP_GRACE)

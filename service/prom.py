@@ -21,15 +21,16 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
+
+from service.processes import http_ok, stop_process, wait_ready
+from service.processes import log_tail as _log_tail
 
 __all__ = [
     "ALERT_RULES",
@@ -184,39 +185,19 @@ def run_prometheus(
         )
     running = PrometheusProcess(port=port, workdir=workdir, pid=proc.pid)
     try:
-        _wait_ready(proc, running)
+        wait_ready(
+            proc,
+            http_ok(f"{running.url}/-/ready"),
+            name="prometheus",
+            timeout=_START_TIMEOUT,
+            log_path=running.log,
+            error=PrometheusError,
+        )
         yield running
     finally:
-        _stop(proc)
+        stop_process(proc, signals=((signal.SIGTERM, _STOP_GRACE),))
 
 
 def log_tail(process: PrometheusProcess) -> str:
     """The last lines of Prometheus's log, for error messages."""
-    if not process.log.exists():
-        return f"(no log at {process.log})"
-    lines = process.log.read_text(errors="replace").splitlines()[-_LOG_TAIL_LINES:]
-    return f"--- prometheus log ({process.log}) ---\n" + "\n".join(lines)
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], running: PrometheusProcess) -> None:
-    deadline = time.monotonic() + _START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise PrometheusError(f"prometheus exited with {proc.returncode}:\n{log_tail(running)}")
-        with suppress(httpx.HTTPError):
-            if httpx.get(f"{running.url}/-/ready", timeout=1.0).status_code == 200:
-                return
-        time.sleep(0.1)
-    _stop(proc)
-    raise PrometheusError(f"prometheus not ready within {_START_TIMEOUT} s:\n{log_tail(running)}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        with suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=_STOP_GRACE)
-    if proc.poll() is None:
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=_STOP_GRACE)
+    return _log_tail(process.log, _LOG_TAIL_LINES)

@@ -21,16 +21,16 @@ import argparse
 import importlib.metadata
 import importlib.util
 import os
+import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+from service.processes import http_ok, stop_process, wait_ready
 
 __all__ = [
     "MODEL_DISTRIBUTION",
@@ -174,34 +174,18 @@ def run_llama_server(config: LlamaServerConfig | None = None) -> Iterator[LlamaS
             model_alias=config.model_alias,
         )
         try:
-            _wait_ready(proc, server)
+            wait_ready(
+                proc,
+                http_ok(f"{server.url}/v1/models"),
+                name="llama server",
+                timeout=_START_TIMEOUT,
+                log_path=server.log_path,
+                interval=0.2,
+                error=RealModelError,
+            )
             yield server
         finally:
-            _stop(proc)
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], server: LlamaServer) -> None:
-    deadline = time.monotonic() + _START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = server.log_text()[-2000:]
-            raise RealModelError(f"llama server exited with {proc.returncode}:\n{tail}")
-        try:
-            if httpx.get(f"{server.url}/v1/models", timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RealModelError(f"llama server did not answer within {_START_TIMEOUT:.0f} s")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=_STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+            stop_process(proc, signals=((signal.SIGTERM, _STOP_TIMEOUT),))
 
 
 # -- CLI ------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,7 @@ import anyio
 import httpx
 
 from service.measure import percentile
+from service.processes import http_ok, stop_process, wait_ready
 from service.sse import SSEDecoder
 
 __all__ = [
@@ -200,30 +202,17 @@ def _process(argv: list[str], env: dict[str, str], url: str, log: Path) -> Itera
             stdout=subprocess.DEVNULL, stderr=log_file,
         )  # fmt: skip
         try:
-            _wait_healthy(proc, url, log)
+            wait_ready(
+                proc,
+                http_ok(f"{url}/healthz"),
+                name=url,
+                timeout=_STARTUP_TIMEOUT,
+                log_path=log,
+                interval=0.1,
+            )
             yield proc.pid
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    deadline = time.monotonic() + _STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"{url}: exited with {proc.returncode} during startup\n{tail}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not become healthy in {_STARTUP_TIMEOUT:.0f} s")
+            stop_process(proc, signals=((signal.SIGTERM, 15.0),))
 
 
 def _cpu_seconds(pid: int) -> float:

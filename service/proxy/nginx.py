@@ -24,10 +24,12 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from service.processes import port_accepts, stop_process
 
 __all__ = [
     "DEFAULT_CONFIGS_DIR",
@@ -216,7 +218,7 @@ def run_nginx(
         exc.add_note(diagnostics(running.prefix))
         raise
     finally:
-        _stop(proc)
+        _stop_nginx(proc)
 
 
 def diagnostics(prefix: Path) -> str:
@@ -274,7 +276,7 @@ def _start(
         try:
             _wait_until_listening(proc, running)
         except NginxError as exc:
-            _stop(proc)
+            _stop_nginx(proc)
             if "Address already in use" in str(exc) and attempt + 1 < attempts:
                 continue
             raise
@@ -289,7 +291,7 @@ def _wait_until_listening(proc: subprocess.Popen[bytes], running: NginxProcess) 
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise NginxError(f"nginx exited with {proc.returncode}:\n{diagnostics(running.prefix)}")
-        if (running.prefix / "nginx.pid").exists() and _accepts(running.port):
+        if (running.prefix / "nginx.pid").exists() and port_accepts(running.port)():
             return
         time.sleep(0.02)
     raise NginxError(
@@ -298,23 +300,7 @@ def _wait_until_listening(proc: subprocess.Popen[bytes], running: NginxProcess) 
     )
 
 
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    for sig, grace in ((signal.SIGQUIT, _QUIT_GRACE), (signal.SIGTERM, _TERM_GRACE)):
-        if proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        with suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=grace)
-    # Master and workers share the process group we created; a stuck master takes its
-    # workers with it.
-    with suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=_TERM_GRACE)
+def _stop_nginx(proc: subprocess.Popen[bytes]) -> None:
+    # SIGQUIT lets open streams finish; master and workers share the process group we
+    # created, so the final SIGKILL takes stuck workers with it.
+    stop_process(proc, signals=((signal.SIGQUIT, _QUIT_GRACE), (signal.SIGTERM, _TERM_GRACE)))
