@@ -248,10 +248,12 @@ def test_tool_result_round_trip_reaches_the_upstream_as_openai_messages(
 def test_unrepresentable_request_is_an_invalid_request_error(stacks: dict[str, Stack]) -> None:
     request = body("text", {"tokens": 3})
     request["messages"] = [{"role": "user", "content": [{"type": "document", "source": {}}]}]
-    events = named_events(record_stream(f"{stacks['openai'].relay_url}/v1/messages", request))
-    error = next(d for name, d in events if name == "error")
-    assert error["error"]["type"] == "invalid_request_error"
-    assert error["relay"]["retryable"] is False
+    # Refused before the stream starts (the adapter checks the request): a plain 400 that
+    # the SDK raises at once, never a 200 followed by an error event.
+    answer = httpx.post(f"{stacks['openai'].relay_url}/v1/messages", json=request)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["type"] == "invalid_request_error"
+    assert "only text blocks" in answer.json()["error"]["message"]
 
 
 # -- stop reaches the upstream through the OpenAI adapter ----------------------------------

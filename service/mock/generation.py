@@ -15,6 +15,7 @@ import contextvars
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import anyio
 import msgspec
@@ -133,8 +134,24 @@ class GenerationApp:
         ledger.finish(record, "failed" if error_type else "completed", error_type)
 
     async def _respond(self, send: Send) -> None:
+        collector, dropped = await self._collect()
+        if collector.error is not None:
+            error_type = collector.error["error"]["type"]
+            status, error = self._error_reply(collector.error)
+            await self._send_json(send, status, error)
+            self._ledger.finish(self._record, "failed", error_type)
+            return
+        # A drop promises the whole body, delivers half, then closes: a short read.
+        await self._send_json(send, 200, self._message_reply(collector), complete=not dropped)
+        if dropped:
+            self._dropped()
+            return
+        self._ledger.finish(self._record, "completed")
+
+    async def _collect(self) -> tuple[MessageCollector, bool]:
+        """Play the script without streaming; returns the collected message and whether
+        the script drops the connection."""
         collector = MessageCollector()
-        dropped = False
         for step in self._script:
             if type(step) is Emit:
                 if step.payload is not None:
@@ -144,21 +161,16 @@ class GenerationApp:
             elif type(step) is Pause:
                 await anyio.sleep(step.seconds)
             else:
-                dropped = True
-                break
-        if collector.error is not None:
-            error_type = collector.error["error"]["type"]
-            await self._send_json(send, ERROR_STATUS.get(error_type, 500), collector.error)
-            self._ledger.finish(self._record, "failed", error_type)
-            return
-        body = msgspec.json.encode(collector.message())
-        if dropped:
-            # Promise the whole body, deliver half, then close: the client sees a short read.
-            await self._send_json(send, 200, body, complete=False)
-            self._dropped()
-            return
-        await self._send_json(send, 200, body)
-        self._ledger.finish(self._record, "completed")
+                return collector, True
+        return collector, False
+
+    def _error_reply(self, error: dict[str, Any]) -> tuple[int, object]:
+        """Status and body of a non-streaming error (Anthropic's shape here)."""
+        return ERROR_STATUS.get(error["error"]["type"], 500), error
+
+    def _message_reply(self, collector: MessageCollector) -> bytes:
+        """Body of a non-streaming success (the Message JSON here)."""
+        return msgspec.json.encode(collector.message())
 
     async def _send_json(
         self, send: Send, status: int, body: object, *, complete: bool = True

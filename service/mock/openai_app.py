@@ -11,11 +11,11 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterator
+from typing import Any
 
-import anyio
 import msgspec
 from litestar.response.base import ASGIResponse
-from litestar.types import ASGIApp, Send
+from litestar.types import ASGIApp
 
 from service.mock.collect import MessageCollector
 from service.mock.generation import GenerationApp
@@ -27,7 +27,7 @@ from service.mock.openai_frames import (
     error_body,
     error_status,
 )
-from service.mock.scenarios import Emit, Pause, Step
+from service.mock.scenarios import Emit, Step
 
 __all__ = ["OpenAIGenerationApp", "OpenAIWire", "openai_script"]
 
@@ -53,32 +53,12 @@ def openai_script(steps: Iterator[Step], writer: ChunkWriter) -> Iterator[Step]:
 class OpenAIGenerationApp(GenerationApp):
     """The generation player with a ``chat.completion`` body for non-streaming requests."""
 
-    async def _respond(self, send: Send) -> None:
-        collector = MessageCollector()
-        dropped = False
-        for step in self._script:
-            if type(step) is Emit:
-                if step.payload is not None:
-                    collector.add(step.payload)
-                if step.token:
-                    self._ledger.count_token(self._record)
-            elif type(step) is Pause:
-                await anyio.sleep(step.seconds)
-            else:
-                dropped = True
-                break
-        if collector.error is not None:
-            error = collector.error["error"]
-            body = error_body(error["type"], error["message"])
-            await self._send_json(send, error_status(error["type"]), body)
-            self._ledger.finish(self._record, "failed", error["type"])
-            return
-        reply = msgspec.json.encode(chat_completion(collector.message(), created=_now()))
-        await self._send_json(send, 200, reply, complete=not dropped)
-        if dropped:
-            self._dropped()
-            return
-        self._ledger.finish(self._record, "completed")
+    def _error_reply(self, error: dict[str, Any]) -> tuple[int, object]:
+        detail = error["error"]
+        return error_status(detail["type"]), error_body(detail["type"], detail["message"])
+
+    def _message_reply(self, collector: MessageCollector) -> bytes:
+        return msgspec.json.encode(chat_completion(collector.message(), created=_now()))
 
 
 def _now() -> int:
