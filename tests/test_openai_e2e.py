@@ -253,7 +253,7 @@ def test_unrepresentable_request_is_an_invalid_request_error(stacks: dict[str, S
     answer = httpx.post(f"{stacks['openai'].relay_url}/v1/messages", json=request)
     assert answer.status_code == 400
     assert answer.json()["error"]["type"] == "invalid_request_error"
-    assert "only text blocks" in answer.json()["error"]["message"]
+    assert "'document' is not supported" in answer.json()["error"]["message"]
 
 
 # -- stop reaches the upstream through the OpenAI adapter ----------------------------------
