@@ -9,8 +9,6 @@ and the same ``input_tokens`` estimate as the same prompt sent to ``/v1/messages
 
 from __future__ import annotations
 
-import hashlib
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -18,7 +16,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from service.mock.request import MockOptions, MockRequest, MockRequestError, select_scenario
+from service.mock.request import MockOptions, MockRequest, decode_body, mock_request
 
 __all__ = ["DEFAULT_MAX_TOKENS", "ChatRequest", "parse_chat_request"]
 
@@ -65,29 +63,13 @@ _DECODER = msgspec.json.Decoder(_ChatBody)
 
 def parse_chat_request(raw: bytes, headers: Mapping[str, str]) -> ChatRequest:
     """Validate a ``POST /v1/chat/completions`` body; ``headers`` lowercase-keyed."""
-    try:
-        body = _DECODER.decode(raw)
-    except msgspec.ValidationError as exc:
-        raise MockRequestError(str(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise MockRequestError(f"Request body is not valid JSON: {exc}") from None
-    options = body.mock or MockOptions()
+    body = decode_body(_DECODER, raw)
     system, messages = _as_messages_api(body.messages)
-    # The same estimate and digest as service.mock.request computes for /v1/messages.
-    system_json = msgspec.json.encode(system)
-    messages_json = msgspec.json.encode(messages)
-    request = MockRequest(
-        model=body.model,
+    request = mock_request(
+        raw, headers, model=body.model,
         max_tokens=body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS,
-        stream=body.stream,
-        scenario=select_scenario(headers.get("x-mock-scenario"), options.scenario, body.model),
-        options=options,
-        input_tokens=max(1, math.ceil((len(system_json) + len(messages_json)) / 4)),
-        prompt_digest=hashlib.sha256(system_json + b"\0" + messages_json).hexdigest(),
-        attempt_key=options.key or hashlib.sha256(raw).hexdigest(),
-        relay_stream_id=headers.get("x-relay-stream-id"),
-        idempotency_key=headers.get("idempotency-key"),
-    )
+        stream=body.stream, options=body.mock or MockOptions(), system=system, messages=messages,
+    )  # fmt: skip
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     return ChatRequest(request=request, include_usage=include_usage)
 

@@ -17,7 +17,7 @@ import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta
@@ -133,27 +133,51 @@ class MockRequest:
 
 
 _DECODER = msgspec.json.Decoder(_Body)
+_T = TypeVar("_T")
 
 
 def parse_request(raw: bytes, headers: Mapping[str, str]) -> MockRequest:
     """Validate a ``POST /v1/messages`` body; ``headers`` must be case-insensitive (lowercase)."""
+    body = decode_body(_DECODER, raw)
+    return mock_request(
+        raw, headers, model=body.model, max_tokens=body.max_tokens, stream=body.stream,
+        options=body.mock or MockOptions(), system=body.system, messages=body.messages,
+    )  # fmt: skip
+
+
+def decode_body(decoder: msgspec.json.Decoder[_T], raw: bytes) -> _T:
+    """Decode a request body; shape and JSON errors become :class:`MockRequestError`."""
     try:
-        body = _DECODER.decode(raw)
+        return decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise MockRequestError(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise MockRequestError(f"Request body is not valid JSON: {exc}") from None
-    options = body.mock or MockOptions()
-    system = msgspec.json.encode(body.system)
-    messages = msgspec.json.encode(body.messages)
+
+
+def mock_request(
+    raw: bytes,
+    headers: Mapping[str, str],
+    *,
+    model: str,
+    max_tokens: int,
+    stream: bool,
+    options: MockOptions,
+    system: object,
+    messages: object,
+) -> MockRequest:
+    """The player's view of a request, whatever its wire format: the same prompt (in the
+    Messages API's shape) gives the same input-token estimate and the same words."""
+    system_json = msgspec.json.encode(system)
+    messages_json = msgspec.json.encode(messages)
     return MockRequest(
-        model=body.model,
-        max_tokens=body.max_tokens,
-        stream=body.stream,
-        scenario=select_scenario(headers.get("x-mock-scenario"), options.scenario, body.model),
+        model=model,
+        max_tokens=max_tokens,
+        stream=stream,
+        scenario=select_scenario(headers.get("x-mock-scenario"), options.scenario, model),
         options=options,
-        input_tokens=max(1, math.ceil((len(system) + len(messages)) / 4)),
-        prompt_digest=hashlib.sha256(system + b"\0" + messages).hexdigest(),
+        input_tokens=max(1, math.ceil((len(system_json) + len(messages_json)) / 4)),
+        prompt_digest=hashlib.sha256(system_json + b"\0" + messages_json).hexdigest(),
         attempt_key=options.key or hashlib.sha256(raw).hexdigest(),
         relay_stream_id=headers.get("x-relay-stream-id"),
         idempotency_key=headers.get("idempotency-key"),
