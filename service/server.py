@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from types import FrameType
 
@@ -15,7 +16,7 @@ from service.mock.settings import MockSettings
 from service.telemetry.logging import configure_logging
 from service.telemetry.setup import Telemetry
 
-__all__ = ["RelayServer", "build_relay_app", "run_mock", "run_relay"]
+__all__ = ["RelayServer", "app_from_environ", "build_relay_app", "run_mock", "run_relay"]
 
 
 class RelayServer(uvicorn.Server):
@@ -35,6 +36,14 @@ class RelayServer(uvicorn.Server):
 def build_relay_app(settings: Settings, environ: Mapping[str, str]) -> Litestar:
     """The relay app with telemetry configured from ``environ`` (``OTEL_*``)."""
     return create_app(settings, telemetry=Telemetry.from_environ(environ))
+
+
+def app_from_environ() -> Litestar:
+    """Factory for ``uvicorn --factory service.server:app_from_environ --workers N``: settings
+    and telemetry from the process environment (``RELAY_*``, ``OTEL_*``)."""
+    settings = Settings.from_environ(os.environ)
+    configure_logging(settings.log_format, settings.log_level)
+    return build_relay_app(settings, os.environ)
 
 
 def run_relay(settings: Settings, environ: Mapping[str, str]) -> None:
