@@ -92,7 +92,12 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "service.realmodel",
 )
 # Modules adding a subcommand to ``relay bench`` through ``add_bench_command(subparsers)``.
-_BENCH_MODULES: tuple[str, ...] = ("service.bench.overhead", "service.bench.cancel")
+_BENCH_MODULES: tuple[str, ...] = (
+    "service.bench.sweep",
+    "service.bench.transports",
+    "service.bench.overhead",
+    "service.bench.cancel",
+)
 
 
 def _parser() -> argparse.ArgumentParser:
