@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -425,7 +426,7 @@ class LoadGenProcess:
 
     def __init__(self, log: Path, cpus: Sequence[int] | None = None) -> None:
         argv = [sys.executable, "-m", "service.bench.loadgen"]
-        if cpus:
+        if cpus and shutil.which("taskset"):
             argv = ["taskset", "-c", ",".join(map(str, cpus)), *argv]
         log.parent.mkdir(parents=True, exist_ok=True)
         self._log = log.open("wb")
