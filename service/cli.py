@@ -97,6 +97,7 @@ _BENCH_MODULES: tuple[str, ...] = (
     "service.bench.transports",
     "service.bench.overhead",
     "service.bench.cancel",
+    "service.bench.memory",
 )
 
 
