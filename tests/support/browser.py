@@ -117,7 +117,14 @@ class ChatPage:
         return started
 
     def samples(self) -> list[tuple[float, int]]:
-        """``(page time ms, answer length)`` recorded so far."""
+        """``(page time ms, answer length)`` recorded so far, once the sampler has seen the
+        answer as it is now (a turn can complete between two 25 ms ticks, and timers run
+        late on a loaded machine)."""
+        self.wait_for(
+            "(() => { const s = window.__samples; const a = turn.querySelector('.answer');"
+            " return s.length > 0 && (!a || s[s.length - 1][1] === a.textContent.length); })()",
+            timeout=5.0,
+        )
         raw: list[list[float]] = self.page.evaluate("() => window.__samples")
         return [(t, int(n)) for t, n in raw]
 
