@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from service.check import CheckReport, Verdict
-from service.demo import free_port, spawn_service
 from service.probe import CheckOptions, ProbeError, ProbeResult, probe
+from service.processes import free_port, spawn_service
 from service.proxy.nginx import (
     DEFAULT_CONFIGS_DIR,
     ConfigName,

@@ -9,13 +9,6 @@ relay measured, and writes the figures to ``<report_dir>/demo.json``.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,45 +16,10 @@ import anyio
 
 from service.chat import format_figures
 from service.client import RelayClient, TurnResult
-from service.processes import http_ok, stop_process, wait_ready
+from service.processes import free_port, spawn_service
 from service.reasoning_demo import run_reasoning_turn
 
-__all__ = ["free_port", "run_demo", "spawn_service"]
-
-
-def free_port(preferred: int | None = None) -> int:
-    """``preferred`` when it is free on 127.0.0.1, else any free port."""
-    for port in ([preferred] if preferred else []) + [0]:
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            chosen: int = sock.getsockname()[1]
-            return chosen
-    raise RuntimeError("no free port")
-
-
-@contextmanager
-def spawn_service(
-    args: list[str], env: Mapping[str, str], health_url: str, log_path: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``relay <args>`` until the block ends; waits for ``health_url`` to answer."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(  # noqa: S603 - our own console entry point
-            [sys.executable, "-m", "service.cli", *args],
-            env={**os.environ, **env},
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_ready(
-                proc, http_ok(health_url), name=" ".join(args[:1]), timeout=30.0, log_path=log_path
-            )
-            yield proc
-        finally:
-            stop_process(proc, signals=((signal.SIGTERM, 10.0),))
+__all__ = ["run_demo"]
 
 
 def _turn_body(model: str, prompt: str, max_tokens: int) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Helper processes (mock, relay, nginx, Prometheus, a model server): wait until ready, stop.
+"""Helper processes (mock, relay, nginx, Prometheus, a model server): a free port, start,
+wait until ready, stop.
 
 Every tool that starts real processes (``relay demo``, ``stack``, ``capture``, benchmarks,
 tests) uses these, so they all stop the same way: polite signals first, each with a grace
@@ -12,14 +13,24 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Sequence
-from contextlib import suppress
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
 
-__all__ = ["ProcessStartError", "http_ok", "log_tail", "port_accepts", "stop_process", "wait_ready"]
+__all__ = [
+    "ProcessStartError",
+    "free_port",
+    "http_ok",
+    "log_tail",
+    "port_accepts",
+    "spawn_service",
+    "stop_process",
+    "wait_ready",
+]
 
 Probe = Callable[[], bool]
 
@@ -109,3 +120,36 @@ def stop_process(
 
 def _tail(path: Path | None) -> str:
     return log_tail(path) if path is not None else "(no log)"
+
+
+def free_port(preferred: int | None = None) -> int:
+    """``preferred`` when it is free on 127.0.0.1, else any free port."""
+    for port in ([preferred] if preferred else []) + [0]:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            chosen: int = sock.getsockname()[1]
+            return chosen
+    raise RuntimeError("no free port")
+
+
+@contextmanager
+def spawn_service(
+    args: list[str], env: Mapping[str, str], health_url: str, log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``relay <args>`` until the block ends; waits for ``health_url`` to answer."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(  # noqa: S603 - our own console entry point
+            [sys.executable, "-m", "service.cli", *args],
+            env={**os.environ, **env},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_ready(proc, http_ok(health_url), name=args[0], timeout=30.0, log_path=log_path)
+            yield proc
+        finally:
+            stop_process(proc, signals=((signal.SIGTERM, 10.0),))

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from service.processes import http_ok, stop_process, wait_ready
+from service.processes import free_port, http_ok, stop_process, wait_ready
 from service.processes import log_tail as _log_tail
 
 __all__ = [
@@ -95,16 +95,6 @@ def binary(name: str = "prometheus") -> str:
         f"{name} not found: install Debian's `prometheus` package (`make system-deps`)"
         f" or point {name.upper()}_BIN at the binary"
     )
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    import socket  # local: only process start-up needs it
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def render_config(

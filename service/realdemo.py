@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from service.demo import free_port, spawn_service
+from service.processes import free_port, spawn_service
 from service.proxy.nginx import run_nginx
 from service.realmeasure import (
     StopEvidence,

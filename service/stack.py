@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 
 from service import otelcol, prom
-from service.demo import spawn_service
+from service.processes import spawn_service
 from service.proxy.nginx import ConfigName, run_nginx
 
 __all__ = ["StackPorts", "main", "register", "run_stack"]

@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from service.demo import free_port, spawn_service
 from service.mock import GenerationLedger, MockSettings, create_mock_app
+from service.processes import free_port, spawn_service
 from tests.support.servers import run_uvicorn
 from tests.support.stack import Recording, record_stream, relay_stack
 

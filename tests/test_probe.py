@@ -17,7 +17,6 @@ from typing import Any
 import anyio
 import pytest
 
-from service.demo import free_port
 from service.probe import (
     DEFAULT_MOCK_TIMING,
     EXIT_NOT_RELAY,
@@ -29,6 +28,7 @@ from service.probe import (
     register,
     run_check,
 )
+from service.processes import free_port
 from tests.support.servers import run_uvicorn
 from tests.support.stack import relay_stack
 

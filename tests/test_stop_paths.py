@@ -24,9 +24,9 @@ from structlog.testing import capture_logs
 
 from service.app import create_app
 from service.config import Settings
-from service.demo import free_port
 from service.mock.app import create_mock_app
 from service.mock.settings import MockSettings
+from service.processes import free_port
 from tests.support.servers import run_uvicorn
 
 LONG_TEXT = {

@@ -35,9 +35,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from structlog.testing import capture_logs
 
-from service.demo import free_port
 from service.mock import MockSettings, create_mock_app
 from service.mock.scenarios import TOOL_FRAGMENTS
+from service.processes import free_port
 from service.telemetry.logging import shared_processors
 from service.telemetry.metrics import MetricsConfig, RelayMetrics
 from service.telemetry.setup import Telemetry

@@ -45,7 +45,7 @@ from service.bench import procstat
 from service.bench.loadgen import Target
 from service.bench.peers import PeerInstall, find_peers, litellm_command, portkey_command
 from service.bench.response import Wire
-from service.demo import free_port
+from service.processes import free_port
 
 __all__ = [
     "ARMS",

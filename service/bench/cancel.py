@@ -43,8 +43,8 @@ from typing import Any, Literal
 
 import httpx
 
-from service.demo import free_port, spawn_service
 from service.measure import percentile
+from service.processes import free_port, spawn_service
 from service.proxy.nginx import (
     DEFAULT_CONFIGS_DIR,
     NginxError,

@@ -12,19 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.demo import free_port
-from service.processes import http_ok, stop_process, wait_ready
+from service.processes import free_port, spawn_service
 
 __all__ = ["MemoryOptions", "VolumeResult", "add_bench_command", "measure", "run_memory_bench"]
 
@@ -68,20 +62,6 @@ def _status_kib(pid: int, name: str) -> int:
     raise RuntimeError(f"{name} not in /proc/{pid}/status (the memory bench needs Linux)")
 
 
-@contextmanager
-def _service(args: list[str], env: dict[str, str], health: str, log: Path) -> Iterator[int]:
-    with log.open("wb") as log_file:
-        proc = subprocess.Popen(  # noqa: S603 - our own console entry point
-            [sys.executable, "-m", "service.cli", *args], env={**os.environ, **env},
-            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        wait_ready(proc, http_ok(health), name=args[0], timeout=30, log_path=log)
-        yield proc.pid
-    finally:
-        stop_process(proc, signals=((signal.SIGTERM, 10.0),))
-
-
 def _stream(port: int, body: dict[str, Any], slow_seconds: float) -> int:
     """POST ``body`` over a raw socket; read slowly, then drain. Returns bytes received."""
     payload = json.dumps(body).encode()
@@ -116,16 +96,17 @@ def _measure_volume(volume_mb: int, options: MemoryOptions) -> VolumeResult:
     warm = {**body, "max_tokens": 5, "mock": {"tokens": 5, "ttft_ms": 0, "tpot_ms": 0}}
     logs = options.out / "memory-logs"
     logs.mkdir(parents=True, exist_ok=True)
+    relay_url = f"http://127.0.0.1:{relay_port}"
     with (
-        _service(["mock", "--port", str(mock_port)], env, f"{mock_url}/healthz",
-                 logs / f"mock-{volume_mb}.log"),
-        _service(["serve", "--port", str(relay_port)], env,
-                 f"http://127.0.0.1:{relay_port}/healthz", logs / f"relay-{volume_mb}.log") as pid,
+        spawn_service(["mock", "--port", str(mock_port)], env, f"{mock_url}/healthz",
+                      logs / f"mock-{volume_mb}.log"),
+        spawn_service(["serve", "--port", str(relay_port)], env, f"{relay_url}/healthz",
+                      logs / f"relay-{volume_mb}.log") as relay,
     ):  # fmt: skip
         _stream(relay_port, warm, 0)  # imports and first-request allocations are not growth
-        before = _status_kib(pid, "VmRSS")
+        before = _status_kib(relay.pid, "VmRSS")
         received = _stream(relay_port, body, options.slow_seconds)
-        peak = _status_kib(pid, "VmHWM")
+        peak = _status_kib(relay.pid, "VmHWM")
     return VolumeResult(volume_mb, received, before, peak)
 
 

@@ -188,7 +188,7 @@ def serve_arm(arm: str, port: int, upstream_url: str, log_level: str = "info") -
 
 
 def _free_port() -> int:
-    from service.demo import free_port
+    from service.processes import free_port
 
     return free_port()
 

@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from service.processes import port_accepts, stop_process
+from service.processes import free_port, port_accepts, stop_process
 
 __all__ = [
     "DEFAULT_CONFIGS_DIR",
@@ -123,14 +122,6 @@ def nginx_version() -> str:
         [nginx_binary(), "-v"], capture_output=True, text=True, timeout=10, check=False
     )
     return (result.stderr or result.stdout).strip().removeprefix("nginx version: ")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (nginx cannot listen on port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def render_local_conf(
