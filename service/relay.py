@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -109,6 +110,7 @@ class RelayStream:
         self.error: UpstreamError | None = None
         self.done = anyio.Event()
         self.finished_at: float | None = None
+        self._finish_callbacks: list[Callable[[RelayStream], None]] = []
         self._adapter = adapter
         self._client = client
         self._policy = policy
@@ -174,6 +176,13 @@ class RelayStream:
         """Whether ``relay_*`` events may be sent now (see the SDK compatibility rule)."""
         return self._message_started or self.request.early_relay_events
 
+    def on_finish(self, callback: Callable[[RelayStream], None]) -> None:
+        """Call ``callback(self)`` once the stream is finalised (at once if it already is)."""
+        if self.finished_at is not None:
+            callback(self)
+        else:
+            self._finish_callbacks.append(callback)
+
     def writer_attached(self) -> None:
         """A client connection started reading this stream."""
         self._adopted.set()
@@ -193,17 +202,8 @@ class RelayStream:
         """Produce the whole stream; returns once it ended and was finalised."""
         try:
             with self._scope:
-                if self._stop_reason is not None:
-                    self._scope.cancel()
-                with anyio.move_on_after(self.settings.stream_deadline) as deadline:
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(self._progress_loop)
-                        if self.resumable:
-                            tg.start_soon(self._resume_watchdog)
-                        await self._read_guarded()
-                        tg.cancel_scope.cancel()
-                if deadline.cancelled_caught:
-                    self.stop("deadline")
+                if self._stop_reason is None:  # stopped before it ran: nothing to open
+                    await self._generate()
         except anyio.get_cancelled_exc_class():
             if self._stop_reason is None:
                 self._stop_reason = "interrupted"
@@ -213,6 +213,17 @@ class RelayStream:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._finalise()
+
+    async def _generate(self) -> None:
+        with anyio.move_on_after(self.settings.stream_deadline) as deadline:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._progress_loop)
+                if self.resumable:
+                    tg.start_soon(self._resume_watchdog)
+                await self._read_guarded()
+                tg.cancel_scope.cancel()
+        if deadline.cancelled_caught:
+            self.stop("deadline")
 
     # -- reading -------------------------------------------------------------------------
 
@@ -488,6 +499,8 @@ class RelayStream:
         self.finished_at = time.perf_counter()
         self.observer.finished(self._result())
         self.done.set()
+        for callback in self._finish_callbacks:
+            callback(self)
 
     def _log_abort(self) -> None:
         assert self._stop_requested_at is not None

@@ -2,15 +2,17 @@
 
 Finished streams stay for ``replay_ttl`` so a client can resume them or a duplicate POST
 with the same ``Idempotency-Key`` can replay them; the oldest are evicted first when the
-retained replay bytes exceed ``replay_total_bytes``. Sweeping is lazy (on every add), so the
-registry needs no background task.
+bytes their replay buffers hold exceed ``max_retained_bytes``. Streams are queued in the order
+they finished, so expiry only ever looks at the front of that queue: sweeping costs
+O(streams evicted), not O(streams retained). It is lazy (on every add), so the registry needs
+no background task.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable, Iterator
 
 import structlog
@@ -42,8 +44,11 @@ class StreamRegistry:
         self.ttl = ttl
         self.max_retained_bytes = max_retained_bytes
         self._clock = clock
-        self._streams: OrderedDict[str, RelayStream] = OrderedDict()
+        self._streams: dict[str, RelayStream] = {}
         self._by_key: dict[tuple[str | None, str], str] = {}
+        self._finished: deque[tuple[RelayStream, float, int]] = deque()
+        """Finished streams, oldest first: (stream, when it finished, bytes it held then)."""
+        self._retained_bytes = 0
         self._shutting_down = False
 
     def __iter__(self) -> Iterator[RelayStream]:
@@ -52,7 +57,12 @@ class StreamRegistry:
     @property
     def in_flight(self) -> int:
         """Streams still generating."""
-        return sum(1 for s in self._streams.values() if not s.done.is_set())
+        return len(self._streams) - len(self._finished)
+
+    @property
+    def retained_bytes(self) -> int:
+        """Bytes the finished streams' replay buffers held when they finished."""
+        return self._retained_bytes
 
     @property
     def shutting_down(self) -> bool:
@@ -66,6 +76,7 @@ class StreamRegistry:
         key = stream.request.idempotency_key
         if key is not None:
             self._by_key[(stream.client_key_id, key)] = stream.id
+        stream.on_finish(self._finished_stream)
 
     def get(self, stream_id: str) -> RelayStream | None:
         """The stream, in flight or retained."""
@@ -98,20 +109,21 @@ class StreamRegistry:
 
     def sweep(self) -> None:
         """Forget finished streams past their TTL, then the oldest beyond the byte budget."""
-        now = self._clock()
-        retained = 0
-        for stream in list(self._streams.values()):
-            finished = stream.finished_at
-            if finished is not None and now - finished > self.ttl:
-                self._forget(stream)
-            elif stream.buffer is not None:
-                retained += stream.buffer.held_bytes
-        for stream in list(self._streams.values()):
-            if retained <= self.max_retained_bytes:
+        expired_before = self._clock() - self.ttl
+        while self._finished:
+            stream, finished_at, held = self._finished[0]
+            if finished_at >= expired_before and (self._retained_bytes <= self.max_retained_bytes):
                 break
-            if stream.finished_at is not None and stream.buffer is not None:
-                retained -= stream.buffer.held_bytes
-                self._forget(stream)
+            self._finished.popleft()
+            self._retained_bytes -= held
+            self._forget(stream)
+
+    def _finished_stream(self, stream: RelayStream) -> None:
+        if stream.id not in self._streams:
+            return
+        held = stream.buffer.held_bytes if stream.buffer is not None else 0
+        self._finished.append((stream, self._clock(), held))
+        self._retained_bytes += held
 
     def _forget(self, stream: RelayStream) -> None:
         self._streams.pop(stream.id, None)

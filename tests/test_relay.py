@@ -27,7 +27,13 @@ def mock_url() -> Iterator[str]:
         yield url
 
 
-def _stream(mock_url: str, client: httpx.AsyncClient, *, streaming: bool = True) -> RelayStream:
+def _stream(
+    mock_url: str,
+    client: httpx.AsyncClient,
+    *,
+    streaming: bool = True,
+    stream_id: str = "rs_test",
+) -> RelayStream:
     settings = Settings(upstream_url=mock_url)
     body = msgspec.json.encode(
         {
@@ -38,7 +44,7 @@ def _stream(mock_url: str, client: httpx.AsyncClient, *, streaming: bool = True)
         }
     )
     return RelayStream(
-        stream_id="rs_test",
+        stream_id=stream_id,
         request=parse_request(body, {}),
         settings=settings,
         adapter=AnthropicUpstream(settings),
@@ -115,3 +121,20 @@ async def test_the_ending_frames_carry_error_then_metrics(mock_url: str) -> None
     assert b'"reason":"cancelled"' in frames[-2]
     assert frames[-1].startswith(b"event: relay_metrics\n")
     assert stream.buffer.closed
+
+
+@pytest.mark.anyio
+async def test_a_stream_stopped_before_it_ran_opens_nothing(mock_url: str) -> None:
+    async with httpx.AsyncClient() as client:
+        stream = _stream(mock_url, client, stream_id="rs_never_ran")
+        stream.stop("cancelled")
+        with capture_logs() as logs:
+            await stream.run()
+        generations = (
+            await client.get(
+                f"{mock_url}/mock/generations", params={"relay_stream_id": "rs_never_ran"}
+            )
+        ).json()
+    assert stream.outcome == "cancelled"
+    assert [e["event"] for e in logs if e["event"] == "upstream.aborted"] == []
+    assert generations == []
