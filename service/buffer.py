@@ -47,8 +47,10 @@ class FrameBuffer:
         self._cursors: dict[int, int] = {}
         self._floor = 0  # lowest cursor; kept after the last writer left
         self._ids = itertools.count()
-        self._changed = anyio.Event()
-        self._drained = anyio.Event()
+        # Made by the first waiter, set and dropped by the next change: no Event is built
+        # for a frame nobody waits on (the reader rarely waits for drain).
+        self._changed: anyio.Event | None = None
+        self._drained: anyio.Event | None = None
 
     # -- reader side -------------------------------------------------------------------
 
@@ -101,8 +103,9 @@ class FrameBuffer:
     async def wait_writable(self) -> None:
         """Wait until the slowest writer brought pending bytes back within the bound."""
         while not self.writable():
-            event = self._drained
-            await event.wait()
+            if self._drained is None:
+                self._drained = anyio.Event()
+            await self._drained.wait()
 
     def close(self) -> None:
         """No more frames; writers finish once they sent everything (idempotent)."""
@@ -157,8 +160,9 @@ class FrameBuffer:
                 return list(itertools.islice(self._frames, start, None))
             if self._closed:
                 return []
-            event = self._changed
-            await event.wait()
+            if self._changed is None:
+                self._changed = anyio.Event()
+            await self._changed.wait()
 
     def advance(self, handle: int, cursor: int) -> None:
         """The writer ``handle`` sent every frame before ``cursor``."""
@@ -185,9 +189,9 @@ class FrameBuffer:
         if self._on_pending_change is not None and after != before:
             self._on_pending_change(after - before)
         self._trim()
-        if self.writable():
+        if self._drained is not None and self.writable():
             self._drained.set()
-            self._drained = anyio.Event()
+            self._drained = None
 
     def _trim(self) -> None:
         # Only frames every writer already sent may go, oldest first.
@@ -202,5 +206,6 @@ class FrameBuffer:
             self._first_seq += 1
 
     def _wake_writers(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
