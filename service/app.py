@@ -36,6 +36,7 @@ from service.telemetry.observer import StreamObserver, StreamObserverFactory
 from service.telemetry.setup import Telemetry
 from service.upstream.base import UpstreamAdapter
 from service.upstream.factory import make_adapter
+from service.upstream.transport import make_transport
 from service.web import WEB_DIR
 
 __all__ = ["RelayState", "create_app"]
@@ -79,7 +80,7 @@ def create_app(
 
     ``telemetry`` defaults to tracing without exporters and a fresh metrics registry;
     ``observer_factory`` replaces its per-stream observer (tests); ``transport`` replaces the
-    upstream httpx transport.
+    upstream httpx transport that ``settings.upstream_transport`` picks.
     """
     settings = settings or Settings()
     telemetry = telemetry or Telemetry.from_environ({})
@@ -97,7 +98,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         state.client = httpx.AsyncClient(
-            transport=state.transport,
+            transport=state.transport or make_transport(settings.upstream_transport),
             timeout=httpx.Timeout(
                 connect=settings.upstream_connect_timeout,
                 read=settings.upstream_read_timeout,

@@ -15,6 +15,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 __all__ = ["ConfigError", "Settings"]
 
 Provider = Literal["anthropic", "openai"]
+UpstreamTransport = Literal["aiohttp", "httpx"]
 LogFormat = Literal["auto", "json", "console"]
 
 
@@ -34,6 +35,9 @@ class Settings:
     """Base URL of the provider; ``/v1/messages`` (or ``/v1/chat/completions``) is appended."""
     upstream_provider: Provider = "anthropic"
     """Wire format of the upstream: ``anthropic`` (passthrough) or ``openai`` (translated)."""
+    upstream_transport: UpstreamTransport = "aiohttp"
+    """HTTP client transport for the upstream: ``aiohttp`` (httpx over aiohttp, the faster)
+    or ``httpx`` (httpx's own, on httpcore). Same semantics: ``service/upstream/transport.py``."""
     upstream_api_key: str | None = field(default=None, repr=False)
     """Provider key; sent only to the provider, never logged."""
     anthropic_version: str = "2023-06-01"

@@ -3,16 +3,10 @@ relay depends on, checked against the fast mock's ledger (real sockets, one proc
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from service.bench.fastmock import FastMockServer
-from service.bench.transports import (
-    TRANSPORTS,
-    check_semantics,
-    make_transport,
-    measure_throughput,
-)
+from service.bench.transports import TRANSPORTS, check_semantics, measure_throughput
 
 
 @pytest.mark.anyio
@@ -44,20 +38,3 @@ async def test_throughput_counts_every_event_of_both_transports() -> None:
         assert figures[name]["failed"] == 0
         assert figures[name]["events"] == 4 * 5
         assert figures[name]["ttft_p50_ms"] is not None
-
-
-@pytest.mark.anyio
-async def test_the_aiohttp_transport_is_an_httpx_transport_without_a_connection_cap() -> None:
-    transport = make_transport("aiohttp")
-    assert isinstance(transport, httpx.AsyncBaseTransport)
-    assert make_transport("httpx") is None
-    mock = FastMockServer()
-    await mock.start()
-    try:
-        async with httpx.AsyncClient(transport=transport) as client:
-            session = transport.get_client()  # type: ignore[attr-defined]
-            assert session.connector.limit == 0
-            response = await client.get(f"http://127.0.0.1:{mock.port}/healthz")
-            assert response.json() == {"status": "ok"}
-    finally:
-        await mock.close()

@@ -41,6 +41,7 @@ def test_overrides_win_over_the_mapping() -> None:
         ("RELAY_PORT", "eighty"),
         ("RELAY_TYPED_HEARTBEATS", "maybe"),
         ("RELAY_UPSTREAM_PROVIDER", "gemini"),
+        ("RELAY_UPSTREAM_TRANSPORT", "requests"),
         ("RELAY_HEARTBEAT_INTERVAL", "0"),
         ("RELAY_RETRY_MAX_ATTEMPTS", "0"),
     ],

@@ -10,10 +10,10 @@ arm                    what the client talks to                                 
 =====================  ==========================================================  ===========
 direct-anthropic       the fast mock, Anthropic Messages (no hop: the limit)       -
 direct-openai          the fast mock, OpenAI Chat Completions                      -
-relay                  the relay (telemetry on, httpx's transport), passthrough    direct-anthropic
+relay                  the relay as deployed (telemetry on, aiohttp transport)     direct-anthropic
 relay-nginx            nginx (``nginx/streaming.conf``) -> the relay               direct-anthropic
 relay-telemetry-off    the relay with :meth:`Telemetry.disabled`                   direct-anthropic
-relay-aiohttp          the relay on httpx over aiohttp (``httpx-aiohttp``)         direct-anthropic
+relay-httpx            the relay on httpx's own transport (httpcore)               direct-anthropic
 relay-openai           the relay translating an OpenAI upstream to Anthropic       direct-openai
 litellm                LiteLLM proxy, one worker, no database                      direct-openai
 portkey                Portkey's gateway on node                                   direct-openai
@@ -46,6 +46,7 @@ from service.bench.loadgen import Target
 from service.bench.peers import PeerInstall, find_peers, litellm_command, portkey_command
 from service.bench.response import Wire
 from service.processes import free_port
+from service.upstream.transport import TRANSPORTS, TransportName
 
 __all__ = [
     "ARMS",
@@ -81,10 +82,15 @@ ARMS: Final[dict[str, ArmDef]] = {
     for a in (
         ArmDef("direct-anthropic", "fast mock, Anthropic wire, no hop", None, "anthropic"),
         ArmDef("direct-openai", "fast mock, OpenAI wire, no hop", None, "openai"),
-        ArmDef("relay", "relay (telemetry on, httpx transport)", "direct-anthropic", "anthropic"),
+        ArmDef(
+            "relay",
+            "relay as deployed (telemetry on, aiohttp transport)",
+            "direct-anthropic",
+            "anthropic",
+        ),
         ArmDef("relay-nginx", "nginx streaming.conf -> relay", "direct-anthropic", "anthropic"),
         ArmDef("relay-telemetry-off", "relay, telemetry disabled", "direct-anthropic", "anthropic"),
-        ArmDef("relay-aiohttp", "relay on httpx over aiohttp", "direct-anthropic", "anthropic"),
+        ArmDef("relay-httpx", "relay on httpx's own transport", "direct-anthropic", "anthropic"),
         ArmDef(
             "relay-openai", "relay translating an OpenAI upstream", "direct-openai", "anthropic"
         ),
@@ -210,7 +216,7 @@ def _relay_argv(
     *,
     provider: str = "anthropic",
     telemetry: str = "on",
-    transport: str = "httpx",
+    transport: str = "aiohttp",
 ) -> list[str]:
     return [
         sys.executable,
@@ -234,7 +240,7 @@ _RELAY_VARIANTS: Final[dict[str, dict[str, str]]] = {
     "relay": {},
     "relay-nginx": {},
     "relay-telemetry-off": {"telemetry": "off"},
-    "relay-aiohttp": {"transport": "aiohttp"},
+    "relay-httpx": {"transport": "httpx"},
     "relay-openai": {"provider": "openai"},
 }
 
@@ -350,11 +356,6 @@ def _unavailable_reason(name: str, stack: Stack) -> str | None:
             nginx_binary()
         except NginxError as exc:
             return str(exc)
-    if name == "relay-aiohttp":
-        try:
-            import httpx_aiohttp  # noqa: F401
-        except ImportError:
-            return "httpx-aiohttp is not installed (pip install httpx-aiohttp)"
     if name in ("litellm", "portkey") and stack.peers is not None:
         return stack.peers.missing.get(name)
     return None
@@ -407,28 +408,28 @@ def serve_relay(
     *,
     provider: Literal["anthropic", "openai"] = "anthropic",
     telemetry: str = "on",
-    transport: str = "httpx",
+    transport: TransportName = "aiohttp",
 ) -> None:
     """Serve one relay variant until SIGTERM (JSON logs on stderr at ``info``, as deployed)."""
     import uvicorn
 
     from service.app import create_app
-    from service.bench.transports import make_transport
     from service.config import Settings
     from service.server import RelayServer
     from service.telemetry.logging import configure_logging
     from service.telemetry.setup import Telemetry
 
     settings = Settings.from_environ(
-        {}, port=port, upstream_url=upstream, upstream_provider=provider, log_format="json"
+        {},
+        port=port,
+        upstream_url=upstream,
+        upstream_provider=provider,
+        upstream_transport=transport,
+        log_format="json",
     )
     configure_logging("json", settings.log_level)
     tel = Telemetry.from_environ(os.environ) if telemetry == "on" else Telemetry.disabled()
-    app = create_app(
-        settings,
-        telemetry=tel,
-        transport=make_transport("aiohttp" if transport == "aiohttp" else "httpx"),
-    )
+    app = create_app(settings, telemetry=tel)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -450,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     relay.add_argument("--upstream", required=True)
     relay.add_argument("--provider", choices=("anthropic", "openai"), default="anthropic")
     relay.add_argument("--telemetry", choices=("on", "off"), default="on")
-    relay.add_argument("--transport", choices=("httpx", "aiohttp"), default="httpx")
+    relay.add_argument("--transport", choices=TRANSPORTS, default="aiohttp")
     args = parser.parse_args(argv)
     with suppress(KeyboardInterrupt):
         serve_relay(

@@ -5,9 +5,7 @@ swapped without touching the httpx API the relay is written against: the default
 (``httpcore``) or :class:`httpx_aiohttp.AiohttpTransport` (PyPI ``httpx-aiohttp``), which runs
 the same requests on aiohttp's C-accelerated HTTP parser. This module
 
-- builds either transport (:func:`make_transport`), configured like the relay's default one:
-  no cap on connections (aiohttp's connector caps at 100 unless told otherwise, which would
-  queue streams 101 and up behind the first hundred);
+- builds either transport as the relay does (:func:`service.upstream.transport.make_transport`);
 - measures both in-process against the fast mock (:func:`measure_throughput`): client CPU per
   1,000 content events and time to first content delta, arms interleaved per round;
 - verifies the cancellation semantics the relay depends on (:func:`check_semantics`), each
@@ -18,8 +16,8 @@ the same requests on aiohttp's C-accelerated HTTP parser. This module
   :class:`httpx.ConnectError`; an upstream that drops mid-body raises an
   :class:`httpx.TransportError` (the relay's ``upstream_dropped``).
 
-The sweep (:mod:`service.bench.sweep`) also runs the whole relay on each transport (arm
-``relay-aiohttp``), which is the figure that decides the default.
+The sweep (:mod:`service.bench.sweep`) also runs the whole relay on each transport (arms
+``relay``, on the default aiohttp transport, and ``relay-httpx``).
 """
 
 from __future__ import annotations
@@ -34,7 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final, Literal, cast
+from typing import Any, Final
 
 import anyio
 import httpx
@@ -43,42 +41,21 @@ from service.bench.fastmock import BenchSpec, install_event_loop, spec_prompt
 from service.bench.response import content_text
 from service.measure import percentile
 from service.sse import SSEDecoder
+from service.upstream.transport import TRANSPORTS, TransportName, make_transport
 
 __all__ = [
     "TRANSPORTS",
     "SemanticsCheck",
-    "TransportName",
     "TransportReport",
     "add_bench_command",
-    "aiohttp_transport",
     "check_semantics",
-    "make_transport",
     "measure_throughput",
     "run_transports_bench",
 ]
 
-TransportName = Literal["httpx", "aiohttp"]
-TRANSPORTS: Final[tuple[TransportName, ...]] = ("httpx", "aiohttp")
-"""``httpx``: httpx's default (httpcore) transport; ``aiohttp``: httpx-aiohttp's."""
 
 _CLOSE_WAIT: Final = 2.0
 _POLL: Final = 0.005
-
-
-def make_transport(name: TransportName) -> httpx.AsyncBaseTransport | None:
-    """The transport to hand to ``httpx.AsyncClient(transport=...)``; ``None`` is httpx's own.
-
-    ``aiohttp`` is :func:`aiohttp_transport`.
-    """
-    return None if name == "httpx" else aiohttp_transport()
-
-
-def aiohttp_transport() -> httpx.AsyncBaseTransport:
-    """httpx-aiohttp's transport with the relay's semantics
-    (:class:`service.bench.aiotransport.RelayAiohttpTransport`)."""
-    from service.bench.aiotransport import RelayAiohttpTransport
-
-    return cast(httpx.AsyncBaseTransport, RelayAiohttpTransport())
 
 
 def _client(name: TransportName, read_timeout: float = 30.0) -> httpx.AsyncClient:

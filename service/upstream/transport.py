@@ -1,9 +1,14 @@
-"""httpx-aiohttp's transport, fitted to the relay: the candidate for the relay's default.
+"""The upstream HTTP transport: httpx over aiohttp by default, httpx's own on request.
 
-:class:`httpx_aiohttp.AiohttpTransport` (PyPI ``httpx-aiohttp``) runs httpx requests on
-aiohttp's C-accelerated HTTP client, behind the unchanged httpx API. Used as it comes, three
-things differ from httpx's own transport in ways the relay notices; this subclass puts them
-back:
+The relay talks to its provider through one :class:`httpx.AsyncClient`; only the transport
+under it changes (``RELAY_UPSTREAM_TRANSPORT``). The default, ``aiohttp``, is
+:class:`httpx_aiohttp.AiohttpTransport` (PyPI ``httpx-aiohttp``), which runs the same
+requests on aiohttp's C-accelerated HTTP client: ``relay bench transports`` measured 2.6x
+less client CPU per event than httpx's own transport (``httpx``, on httpcore), and the
+benchmark sweep less relay CPU at every concurrency (``runbook/benchmarks.md``).
+
+Used as it comes, three things differ from httpx's own transport in ways the relay notices;
+:class:`RelayAiohttpTransport` puts them back:
 
 - **Connection cap.** aiohttp's connector allows 100 connections unless told otherwise, so
   streams past the hundredth would queue for a connection; the relay's httpx client has
@@ -17,21 +22,35 @@ back:
   frames, and the relay checks its byte-bounded queue once per piece: its queue then
   overshoots the bound by up to 16 KiB instead of one frame (``tests/test_backpressure.py``
   fails). The body is read one HTTP chunk at a time instead, as httpcore delivers it.
+
+On the aiohttp transport httpx's ``Limits`` do not apply (the connector above has no cap and
+httpx's keep-alive expiry) and the write timeout is not enforced; the connect, pool and read
+timeouts are (the read timeout is aiohttp's ``sock_read``, which is what
+``upstream_read_timeout`` means: the longest silence).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Final, Literal
 
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import map_aiohttp_exceptions
 
-__all__ = ["RelayAiohttpTransport"]
+__all__ = ["TRANSPORTS", "RelayAiohttpTransport", "TransportName", "make_transport"]
 
-_KEEPALIVE_SECONDS = 5.0  # httpx's default keep-alive expiry
+TransportName = Literal["aiohttp", "httpx"]
+TRANSPORTS: Final[tuple[TransportName, ...]] = ("aiohttp", "httpx")
+"""``aiohttp``: :class:`RelayAiohttpTransport` (the default); ``httpx``: httpx's own."""
+
+_KEEPALIVE_SECONDS: Final = 5.0  # httpx's default keep-alive expiry
+
+
+def make_transport(name: TransportName) -> httpx.AsyncBaseTransport | None:
+    """The transport for ``httpx.AsyncClient(transport=...)``; ``None`` is httpx's own."""
+    return RelayAiohttpTransport() if name == "aiohttp" else None
 
 
 class _PerChunkStream(httpx.AsyncByteStream):
