@@ -522,7 +522,7 @@ def add_bench_command(
     p.add_argument("--levels", type=_csv_ints, help="concurrency levels (default 1,16,64,256,1000)")
     p.add_argument("--arms", type=_arms, help=f"comma list of arms (default all: {','.join(ARMS)})")
     p.add_argument("--rounds", type=int, help="rounds per level (default 3)")
-    p.add_argument("--tokens", type=int, help="content deltas per stream (default 20)")
+    p.add_argument("--tokens", type=int, help="content deltas per stream (default 40)")
     p.add_argument("--tpot-ms", type=float, help="mock ms between deltas (default 50 = 20 tok/s)")
     p.add_argument("--idle-streams", type=int, help="idle streams for the memory figure (500)")
     p.add_argument("--cancel-trials", type=int, help="cancel trials per arm (default 60)")
