@@ -4,7 +4,9 @@
   first progress signal).
 - TPOT: (t_last_token - t_first_token) / (output_tokens - 1), output_tokens from the final
   cumulative ``usage.output_tokens``, falling back to the number of content deltas.
-- ITL: gap between consecutive content deltas.
+- ITL: gap between consecutive content deltas. Its percentiles are exact for the first
+  ``GapDistribution.exact_limit`` gaps and within 1% after that: a long answer is summarised
+  in a bounded histogram instead of a list that grows with every token.
 - Perceived latency: start -> first visible progress (progress event, thinking text or token).
 
 All times are ``time.perf_counter()`` seconds; the clock is injectable for tests.
@@ -17,9 +19,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["StreamTimings", "TimingSummary", "percentile"]
+__all__ = ["GapDistribution", "StreamTimings", "TimingSummary", "percentile"]
 
 Clock = Callable[[], float]
+
+_EXACT_GAPS = 4096
+_BUCKET_RATIO = 1.01  # histogram buckets 1% wide: a percentile is off by under 1%
+_LOG_RATIO = math.log(_BUCKET_RATIO)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -29,6 +35,86 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     ordered = sorted(values)
     rank = max(1, math.ceil(q / 100 * len(ordered)))
     return ordered[min(rank, len(ordered)) - 1]
+
+
+class GapDistribution:
+    """Inter-token gaps in bounded memory, for their nearest-rank percentiles and maximum.
+
+    The first ``exact_limit`` gaps are kept as they are (exact percentiles, which covers most
+    answers). Past that they move into a histogram of buckets 1% wide, keyed by the bucket's
+    index: gaps between 1 µs and an hour fit in about 2,200 buckets, however long the
+    stream. A percentile is then the geometric middle of its bucket, clamped to the observed
+    minimum and maximum.
+    """
+
+    __slots__ = ("_buckets", "_count", "_exact", "_max", "_min", "exact_limit")
+
+    def __init__(self, exact_limit: int = _EXACT_GAPS) -> None:
+        self.exact_limit = exact_limit
+        self._exact: list[float] | None = []
+        self._buckets: dict[int, int] = {}
+        self._count = 0
+        self._min = math.inf
+        self._max = -math.inf
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def exact(self) -> bool:
+        """True while every gap is still kept (percentiles are exact)."""
+        return self._exact is not None
+
+    @property
+    def bucket_count(self) -> int:
+        """Histogram buckets in use (0 while exact)."""
+        return len(self._buckets)
+
+    def add(self, gap: float) -> None:
+        """Record one gap in seconds."""
+        self._count += 1
+        self._min = min(self._min, gap)
+        self._max = max(self._max, gap)
+        if self._exact is not None:
+            self._exact.append(gap)
+            if len(self._exact) > self.exact_limit:
+                for kept in self._exact:
+                    self._count_in_bucket(kept)
+                self._exact = None
+            return
+        self._count_in_bucket(gap)
+
+    def max(self) -> float | None:
+        """The largest gap (always exact)."""
+        return self._max if self._count else None
+
+    def percentile(self, q: float) -> float | None:
+        """Nearest-rank percentile (``q`` in 0..100); ``None`` when there is no gap."""
+        if self._exact is not None:
+            return percentile(self._exact, q)
+        rank = max(1, math.ceil(q / 100 * self._count))
+        seen = 0
+        for index in sorted(self._buckets):
+            seen += self._buckets[index]
+            if seen >= rank:
+                return min(self._max, max(self._min, _bucket_middle(index)))
+        return self._max  # pragma: no cover - the counts add up to _count
+
+    def _count_in_bucket(self, gap: float) -> None:
+        index = _bucket_index(gap)
+        self._buckets[index] = self._buckets.get(index, 0) + 1
+
+
+def _bucket_index(gap: float) -> int:
+    if gap <= 0.0:
+        return -(2**31)  # one bucket below every positive gap
+    return math.floor(math.log(gap) / _LOG_RATIO)
+
+
+def _bucket_middle(index: int) -> float:
+    if index == -(2**31):
+        return 0.0
+    return math.exp((index + 0.5) * _LOG_RATIO)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +167,7 @@ class StreamTimings:
     content_deltas: int = 0
     output_tokens: int | None = None
     end: float | None = None
-    gaps: list[float] = field(default_factory=list)
+    gaps: GapDistribution = field(default_factory=GapDistribution)
 
     def __post_init__(self) -> None:
         if not self.start:
@@ -105,7 +191,7 @@ class StreamTimings:
             self.first_token = now
         else:
             assert self.last_token is not None
-            self.gaps.append(now - self.last_token)
+            self.gaps.add(now - self.last_token)
         if is_text and self.first_text is None:
             self.first_text = now
         if visible and self.first_progress is None:
@@ -133,9 +219,9 @@ class StreamTimings:
             time_to_first_text=self._since(self.first_text),
             perceived_latency=self._since(self.first_progress),
             tpot=self.tpot(),
-            itl_p50=percentile(self.gaps, 50),
-            itl_p99=percentile(self.gaps, 99),
-            itl_max=max(self.gaps) if self.gaps else None,
+            itl_p50=self.gaps.percentile(50),
+            itl_p99=self.gaps.percentile(99),
+            itl_max=self.gaps.max(),
             total=end - self.start,
             content_deltas=self.content_deltas,
             output_tokens=self.output_tokens,

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from service.measure import StreamTimings, percentile
+import math
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service.measure import GapDistribution, StreamTimings, percentile
 
 
 class _Clock:
@@ -60,3 +66,52 @@ def test_nearest_rank_percentile() -> None:
     assert percentile([], 50) is None
     assert percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert percentile(list(range(1, 101)), 99) == 99
+
+
+@given(
+    st.lists(st.floats(min_value=1e-6, max_value=60.0, allow_nan=False), min_size=1, max_size=400),
+    st.sampled_from([1.0, 25.0, 50.0, 90.0, 99.0, 100.0]),
+)
+def test_gap_percentiles_are_exact_until_the_limit_then_within_one_percent(
+    gaps: list[float], q: float
+) -> None:
+    exact = GapDistribution(exact_limit=1000)
+    binned = GapDistribution(exact_limit=10)
+    for gap in gaps:
+        exact.add(gap)
+        binned.add(gap)
+    truth = percentile(gaps, q)
+    assert truth is not None
+    assert exact.exact
+    assert exact.percentile(q) == truth
+    assert binned.exact == (len(gaps) <= 10)
+    estimate = binned.percentile(q)
+    assert estimate is not None
+    assert abs(estimate - truth) <= 0.0101 * truth
+    assert binned.max() == max(gaps)
+    assert len(binned) == len(gaps)
+
+
+def test_a_long_stream_keeps_a_bounded_histogram_not_every_gap() -> None:
+    gaps = GapDistribution()
+    rng = random.Random(7)
+    samples = [rng.lognormvariate(math.log(0.03), 1.0) for _ in range(200_000)]
+    samples.append(0.0)  # two deltas in one read
+    for gap in samples:
+        gaps.add(gap)
+    assert not gaps.exact
+    # Every gap between 1 µs and an hour fits in this many 1%-wide buckets.
+    assert gaps.bucket_count <= math.ceil(math.log(3600 / 1e-6) / math.log(1.01)) + 1
+    for q in (50.0, 99.0):
+        truth = percentile(samples, q)
+        estimate = gaps.percentile(q)
+        assert truth is not None and estimate is not None
+        assert abs(estimate - truth) <= 0.0101 * truth
+    assert gaps.percentile(0.0) == 0.0
+    assert gaps.max() == max(samples)
+
+
+def test_no_gap_has_no_percentile() -> None:
+    gaps = GapDistribution()
+    assert gaps.percentile(50) is None
+    assert gaps.max() is None
