@@ -76,7 +76,18 @@ ARMS: tuple[tuple[Route, StopKind], ...] = (
 )
 """Route x stop action, in the order each round runs them."""
 
-_PACKAGES = ("uvicorn", "httptools", "uvloop", "h11", "httpx", "httpcore", "anyio", "litestar")
+_PACKAGES = (
+    "uvicorn",
+    "httptools",
+    "uvloop",
+    "h11",
+    "httpx",
+    "httpcore",
+    "httpx-aiohttp",
+    "aiohttp",
+    "anyio",
+    "litestar",
+)
 _FIRST_POLL = 0.05
 _POLL_EVERY = 0.02
 _END_TIMEOUT = 10.0
