@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-__all__ = ["ConfigError", "Settings"]
+__all__ = ["ConfigError", "Settings", "UpstreamTransport"]
 
 Provider = Literal["anthropic", "openai"]
 UpstreamTransport = Literal["aiohttp", "httpx"]

@@ -18,14 +18,16 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 __all__ = ["GapDistribution", "StreamTimings", "TimingSummary", "percentile"]
 
 Clock = Callable[[], float]
 
-_EXACT_GAPS = 4096
-_BUCKET_RATIO = 1.01  # histogram buckets 1% wide: a percentile is off by under 1%
-_LOG_RATIO = math.log(_BUCKET_RATIO)
+_EXACT_GAPS: Final = 4096
+_BUCKET_RATIO: Final = 1.01  # histogram buckets 1% wide: a percentile is off by under 1%
+_LOG_RATIO: Final = math.log(_BUCKET_RATIO)
+_ZERO_BUCKET: Final = -(2**31)  # below every positive gap's bucket
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -107,12 +109,12 @@ class GapDistribution:
 
 def _bucket_index(gap: float) -> int:
     if gap <= 0.0:
-        return -(2**31)  # one bucket below every positive gap
+        return _ZERO_BUCKET
     return math.floor(math.log(gap) / _LOG_RATIO)
 
 
 def _bucket_middle(index: int) -> float:
-    if index == -(2**31):
+    if index == _ZERO_BUCKET:
         return 0.0
     return math.exp((index + 0.5) * _LOG_RATIO)
 

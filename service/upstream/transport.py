@@ -32,16 +32,18 @@ timeouts are (the read timeout is aiohttp's ``sock_read``, which is what
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import map_aiohttp_exceptions
 
+from service.config import UpstreamTransport
+
 __all__ = ["TRANSPORTS", "RelayAiohttpTransport", "TransportName", "make_transport"]
 
-TransportName = Literal["aiohttp", "httpx"]
+TransportName = UpstreamTransport
 TRANSPORTS: Final[tuple[TransportName, ...]] = ("aiohttp", "httpx")
 """``aiohttp``: :class:`RelayAiohttpTransport` (the default); ``httpx``: httpx's own."""
 
