@@ -37,12 +37,12 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 
+from service.bench.machine import cpu_model, package_versions
 from service.measure import percentile
 from service.processes import free_port, spawn_service
 from service.proxy.nginx import (
@@ -76,18 +76,6 @@ ARMS: tuple[tuple[Route, StopKind], ...] = (
 )
 """Route x stop action, in the order each round runs them."""
 
-_PACKAGES = (
-    "uvicorn",
-    "httptools",
-    "uvloop",
-    "h11",
-    "httpx",
-    "httpcore",
-    "httpx-aiohttp",
-    "aiohttp",
-    "anyio",
-    "litestar",
-)
 _FIRST_POLL = 0.05
 _POLL_EVERY = 0.02
 _END_TIMEOUT = 10.0
@@ -400,28 +388,13 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _meta(options: CancelBenchOptions) -> dict[str, Any]:
-    versions: dict[str, str | None] = {}
-    for name in _PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
+    versions = package_versions()
     return {
         "command": _command(options),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "nproc": os.cpu_count(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "kernel": platform.release(),
         "python": sys.version.split()[0],
         "nginx": nginx_version(),

@@ -33,7 +33,6 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Final
 
@@ -43,6 +42,7 @@ from service.bench import procstat
 from service.bench.arms import ARMS, SMOKE_ARMS, RunningArm, Stack, StackOptions, start_stack
 from service.bench.figures import summarise
 from service.bench.loadgen import LoadGenProcess
+from service.bench.machine import cpu_model, package_versions
 from service.bench.peers import DEFAULT_CACHE, install_peers
 from service.bench.report import render_markdown, render_plot
 
@@ -51,18 +51,6 @@ __all__ = ["SweepOptions", "add_bench_command", "run_sweep", "smoke_options"]
 _SETTLE: Final = 0.3
 _IDLE_SETTLE: Final = 1.0
 _LEDGER_WAIT: Final = 5.0
-_PACKAGES: Final = (
-    "uvicorn",
-    "httptools",
-    "uvloop",
-    "httpx",
-    "httpcore",
-    "httpx-aiohttp",
-    "aiohttp",
-    "anyio",
-    "litestar",
-    "msgspec",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,29 +317,14 @@ def _git_commit() -> str:
     return f"{commit} (with uncommitted changes)" if dirty.stdout.strip() else commit
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _meta(options: SweepOptions, stack: Stack, cpus: tuple[Any, Any]) -> dict[str, Any]:
-    versions: dict[str, str | None] = {}
-    for name in _PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
+    versions = package_versions()
     peers = stack.peers
     return {
         "command": options.command,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "nproc": os.cpu_count(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "kernel": platform.release(),
         "python": platform.python_version(),
         "relay_commit": _git_commit(),
