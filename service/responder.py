@@ -48,8 +48,9 @@ def stream_headers(
     return headers
 
 
-_STALL_CHECKS = 4
-"""Idle watchdog wake-ups per ``client_stall_timeout``; a write in progress is timed exactly."""
+_WATCH_CHECKS = 4
+"""Watchdog wake-ups at least per ``min(client_stall_timeout, heartbeat_interval)``: a stall
+or a heartbeat is late by at most a quarter of that."""
 
 
 class StreamResponder:
@@ -126,6 +127,10 @@ class StreamResponder:
     async def _watch_time(self, send: Send, scope: anyio.CancelScope) -> None:
         settings = self.stream.settings
         stall = settings.client_stall_timeout
+        interval = settings.heartbeat_interval
+        # Never sleep longer than this: a write may start (or end) while the watchdog sleeps,
+        # and its stall deadline or the next heartbeat must not wait for a long sleep's end.
+        tick = min(stall, interval) / _WATCH_CHECKS
         while True:
             now = time.perf_counter()
             started = self._write_started
@@ -133,14 +138,13 @@ class StreamResponder:
                 if now - started >= stall:
                     self._stalled(scope)
                     return
-                await anyio.sleep(started + stall - now)
-            elif now - self._last_write >= settings.heartbeat_interval:
+                await anyio.sleep(min(started + stall - now, tick))
+            elif now - self._last_write >= interval:
                 if not await self._heartbeat(send):
                     self._stalled(scope)
                     return
             else:
-                due = self._last_write + settings.heartbeat_interval
-                await anyio.sleep(min(due - now, stall / _STALL_CHECKS))
+                await anyio.sleep(min(self._last_write + interval - now, tick))
 
     def _stalled(self, scope: anyio.CancelScope) -> None:
         self.stream.stop("slow_client")
